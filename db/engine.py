@@ -1,0 +1,68 @@
+"""Engine and session factory.
+
+Engines are built lazily and per process (a Celery worker forks after import, and a pool must
+never cross a fork), keyed by URL so tests can point at several databases.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A new engine for `url`. SQLite files get WAL, foreign keys and a busy timeout; their parent
+    folder is created if missing."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def get_engine(url: str) -> Engine:
+    """The engine for `url` in this process, built on first use."""
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (tests, worker shutdown)."""
+    for (pid, _url), engine in list(_engines.items()):
+        if pid == os.getpid():
+            engine.dispose()
+    _engines.clear()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any error."""
+    with session_factory(engine)() as session, session.begin():
+        yield session

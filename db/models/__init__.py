@@ -1,0 +1,9 @@
+"""All ORM models; importing this module registers every table on `Base.metadata`.
+
+Each entity family lives in its own module; add new ones here so Alembic sees them.
+"""
+
+from db.models.base import Base
+from db.models.corpora import GOLD_KINDS, Corpus, Problem
+
+__all__ = ["GOLD_KINDS", "Base", "Corpus", "Problem"]

@@ -1,0 +1,1 @@
+"""Query functions. Each takes a Session or Connection; the caller owns the transaction."""

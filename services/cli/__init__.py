@@ -1,0 +1,1 @@
+"""The `kpdd` command line: one entry point, one module per subcommand group."""

@@ -1,0 +1,1 @@
+"""Corpus loaders (one per source format, in `registry.LOADERS`) and ingestion into the database."""

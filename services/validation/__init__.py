@@ -1,0 +1,1 @@
+"""Validation: exact answer normalisation and matching (CoT), and the program sandbox (PoT)."""
