@@ -39,6 +39,11 @@ ensure_servers() {
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 }
 
+# pip, quiet; drops one harmless warning some machines' pip.conf triggers on every package.
+pip_install() {
+  pip_install "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 # ensure_venv [EXTRAS]: .venv with the project installed editable, with extras such as "dev,train".
 ensure_venv() {
   local extras="${1:-}"
@@ -51,15 +56,15 @@ ensure_venv() {
   digest="$(sha256sum < "$KPDD_ROOT/pyproject.toml" | cut -c1-16)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then return 0; fi
   say "installing kpdd${extras:+[$extras]} into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  pip_install --upgrade pip setuptools wheel
   case ",$extras," in
     *,train,*)
       # Torch first, pinned: the CPU wheel here. For GPUs see README ("Training on GPUs").
-      "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+      pip_install "torch==2.13.0"
       # DeepSpeed builds against the installed torch (no isolated build pulling another torch).
-      "$VENV/bin/python" -m pip install -q --no-build-isolation -e "$target"
+      pip_install --no-build-isolation -e "$target"
       ;;
-    *) "$VENV/bin/python" -m pip install -q -e "$target" ;;
+    *) pip_install -e "$target" ;;
   esac
   echo "$digest" > "$stamp"
 }

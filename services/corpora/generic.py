@@ -22,18 +22,12 @@ def _make_problem(
 ) -> SourceProblem | BadRecord:
     opts = loader.options
     question = require_text(record, opts.question_field, location)
-    if isinstance(question, BadRecord):
-        return question
-    answer: str | BadRecord | None = None
-    if opts.answer_field is not None:
-        answer = require_text(record, opts.answer_field, location)
-        if isinstance(answer, BadRecord):
-            return answer
-    source_id: str | BadRecord = str(index)
-    if opts.id_field is not None:
-        source_id = require_text(record, opts.id_field, location)
-        if isinstance(source_id, BadRecord):
-            return source_id
+    answer = require_text(record, opts.answer_field, location) if opts.answer_field else None
+    source_id = require_text(record, opts.id_field, location) if opts.id_field else str(index)
+    for value in (question, answer, source_id):
+        if isinstance(value, BadRecord):
+            return value
+    assert isinstance(question, str) and isinstance(source_id, str) and not isinstance(answer, BadRecord)
     solution = None
     if opts.solution_field is not None and record.get(opts.solution_field) not in (None, ""):
         solution = str(record[opts.solution_field])
