@@ -41,7 +41,7 @@ ensure_servers() {
 
 # pip, quiet; drops one harmless warning some machines' pip.conf triggers on every package.
 pip_install() {
-  pip_install "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 # ensure_venv [EXTRAS]: .venv with the project installed editable, with extras such as "dev,train".
