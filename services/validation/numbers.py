@@ -32,8 +32,11 @@ _NUMBER_RE = re.compile(
     """,
     re.VERBOSE,
 )
-_PAREN_RE = re.compile(r"\s*\([^()]*\)")
+# A parenthesised unit: "(apples)", "(years old)". Only groups holding a letter, so an
+# expression such as "-(1/3)" is not mistaken for one.
+_UNIT_RE = re.compile(r"\s*\([^()]*[^\W\d_][^()]*\)")
 _SPACE_RE = re.compile(r"\s+")
+_SIGNED_GROUP_RE = re.compile(r"([-+]?)\s*\(([^()]*)\)")
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -94,7 +97,8 @@ def normalise_gold(raw: str | None) -> NormalisedGold:
     """Normalise a gold answer as a corpus gives it.
 
     Policy (documented in the README):
-    - Parenthesised units are dropped: `"9 (apples)"` -> number 9.
+    - Parenthesised units (a group with a letter) are dropped: `"9 (apples)"` -> number 9;
+      `"-(1/3)"` is not a unit: it is the number -1/3 (a signed, parenthesised number).
     - One number -> kind `number`, canonical fraction text.
     - Several values separated by `;` (ASDiv: `"36 (years old); 12 (years old)"`) -> kind `text`,
       each part normalised (numbers canonical) and joined with `"; "`: `"36; 12"`.
@@ -104,7 +108,7 @@ def normalise_gold(raw: str | None) -> NormalisedGold:
     """
     if raw is None or not raw.strip():
         return NormalisedGold("none", None)
-    stripped = _PAREN_RE.sub("", raw).strip() or raw.strip()
+    stripped = _UNIT_RE.sub("", raw).strip() or raw.strip()
     if ";" in stripped:
         parts = [p.strip() for p in stripped.split(";") if p.strip()]
         norm = []
@@ -113,6 +117,11 @@ def normalise_gold(raw: str | None) -> NormalisedGold:
             norm.append(format_fraction(number) if number is not None else normalise_text(part))
         return NormalisedGold("text", "; ".join(norm))
     number = parse_number(stripped)
+    grouped = _SIGNED_GROUP_RE.fullmatch(stripped)
+    if number is None and grouped is not None:
+        inner = parse_number(grouped.group(2))
+        if inner is not None:
+            number = -inner if grouped.group(1) == "-" else inner
     if number is not None:
         return NormalisedGold("number", format_fraction(number))
     return NormalisedGold("text", normalise_text(stripped))

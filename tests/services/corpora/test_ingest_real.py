@@ -31,6 +31,7 @@ SPOT_CHECKS = {
     ("asdiv", "test", "nluds-0001"): ("9 (apples)", "number", "9"),
     ("asdiv", "test", "nluds-0176"): ("0.46 (dollars)", "number", "23/50"),
     ("asdiv", "test", "nluds-1312"): ("5/2", "number", "5/2"),
+    ("asdiv", "test", "nluds-1331"): ("-(1/3)", "number", "-1/3"),
     ("asdiv", "test", "nluds-0076"): ("Yes", "text", "yes"),
     ("asdiv", "test", "nluds-0166"): ("3:30 p.m.", "text", "3:30 p.m"),
     ("asdiv", "test", "nluds-0853"): ("2:3", "text", "2:3"),
@@ -61,7 +62,7 @@ def test_real_corpora_exact_counts_and_golds(
         "svamp": {"test": 1000},
     }
     asdiv = next(c for c in listing["corpora"] if c["name"] == "asdiv")
-    assert asdiv["gold_kinds"] == {"number": 2092, "text": 213}
+    assert asdiv["gold_kinds"] == {"number": 2093, "text": 212}
 
     engine = create_engine(db_url)
     with Session(engine) as session:
