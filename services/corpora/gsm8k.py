@@ -86,7 +86,7 @@ def program_from_solution(worked_solution: str, gold: str) -> str:
         if not expr or not _SAFE_EXPR_RE.fullmatch(expr):
             continue
         for result, var in sorted(known.items(), key=lambda kv: -len(kv[0])):
-            expr = re.sub(rf"(?<![\d.]){re.escape(result)}(?![\d.])", var, expr)
+            expr = re.sub(rf"(?<![\w.]){re.escape(result)}(?![\w.])", var, expr)
         var = f"step_{len(lines) + 1}"
         lines.append(f"{var} = {expr}")
         result = note.result.replace(",", "").strip()
