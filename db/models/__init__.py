@@ -5,5 +5,14 @@ Each entity family lives in its own module; add new ones here so Alembic sees th
 
 from db.models.base import Base
 from db.models.corpora import GOLD_KINDS, Corpus, Problem
+from db.models.teachers import CALL_STATUSES, REPLAYABLE_STATUSES, TeacherCall
 
-__all__ = ["GOLD_KINDS", "Base", "Corpus", "Problem"]
+__all__ = [
+    "CALL_STATUSES",
+    "GOLD_KINDS",
+    "REPLAYABLE_STATUSES",
+    "Base",
+    "Corpus",
+    "Problem",
+    "TeacherCall",
+]

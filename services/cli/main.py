@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "services.cli.db_cmd",
     "services.cli.corpora_cmd",
     "services.cli.validate_cmd",
+    "services.cli.teacher_sim_cmd",
+    "services.cli.probe_cmd",
 )
 
 

@@ -1,0 +1,92 @@
+"""The text layout the KPDD prompts ask for, written out from records.
+
+This is the one definition of the answer format: the few-shot demonstrations are rendered with
+it, the teacher simulator answers with it, and `parsing` reads it back (more forgivingly: models
+add markdown, number their lists, or drop the code fence). Changing anything here changes the
+rendered demonstrations and therefore every prompt version.
+
+A single-mode answer reads::
+
+    Core question: How many clips did Natalia sell altogether in April and May?
+
+    Problem-solving information:
+    - Natalia sold clips to 48 of her friends in April.
+    - In May she sold half as many clips as in April.
+
+    Solution:
+    In May she sold 48 / 2 = 24 clips.
+    Altogether she sold 48 + 24 = 72 clips.
+    The answer is: 72
+
+and in PoT mode the solution section is one ```python fenced program that stores the answer in
+`ans`. Each staged answer is the matching section alone, heading included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.kpdd.records import KeyPoints, Mode, Solution
+
+PROBLEM_MARKER = "Problem:"
+CORE_HEADING = "Core question:"
+INFO_HEADING = "Problem-solving information:"
+SOLUTION_HEADING = "Solution:"
+ANSWER_MARKER = "The answer is:"
+
+
+def format_core_question(core_question: str) -> str:
+    return f"{CORE_HEADING} {core_question.strip()}"
+
+
+def format_solving_info(items: Sequence[str]) -> str:
+    lines = [INFO_HEADING, *(f"- {item.strip()}" for item in items)]
+    return "\n".join(lines)
+
+
+def format_solution(solution: Solution) -> str:
+    """The `Solution:` section: steps then the answer line (CoT), or one fenced program (PoT)."""
+    if solution.program is not None:
+        return f"{SOLUTION_HEADING}\n```python\n{solution.program.strip()}\n```"
+    steps = (solution.solution_text or "").strip()
+    answer_line = f"{ANSWER_MARKER} {(solution.final_answer_text or '').strip()}"
+    return f"{SOLUTION_HEADING}\n{steps}\n{answer_line}" if steps else f"{SOLUTION_HEADING}\n{answer_line}"
+
+
+def solution_of(key_points: KeyPoints) -> Solution:
+    return Solution(key_points.solution_text, key_points.final_answer_text, key_points.program)
+
+
+def format_key_points(key_points: KeyPoints) -> str:
+    """A complete single-mode answer."""
+    return "\n\n".join(
+        [
+            format_core_question(key_points.core_question),
+            format_solving_info(key_points.solving_info),
+            format_solution(solution_of(key_points)),
+        ]
+    )
+
+
+def format_problem(
+    question: str, core_question: str | None = None, solving_info: Sequence[str] | None = None
+) -> str:
+    """The user message: the problem after its marker, then the earlier stages' outputs (staged)."""
+    parts = [f"{PROBLEM_MARKER}\n{question.strip()}"]
+    if core_question is not None:
+        parts.append(format_core_question(core_question))
+    if solving_info is not None:
+        parts.append(format_solving_info(solving_info))
+    return "\n\n".join(parts)
+
+
+def key_points_for(mode: Mode, key_points: KeyPoints) -> KeyPoints:
+    """`key_points` reduced to the fields of `mode` (a demo carries both a CoT and a PoT solution)."""
+    if mode == "pot":
+        return KeyPoints(key_points.core_question, list(key_points.solving_info), program=key_points.program)
+    return KeyPoints(
+        key_points.core_question,
+        list(key_points.solving_info),
+        solution_text=key_points.solution_text,
+        final_answer_text=key_points.final_answer_text,
+    )
