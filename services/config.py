@@ -43,6 +43,18 @@ class Settings(BaseSettings):
         default=5000, ge=100, le=1_000_000, description="Rows written per batch during ingestion."
     )
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    worker_threads: int = Field(
+        default=16, ge=1, le=512, description="Teacher calls in flight per worker process."
+    )
+    visibility_timeout_s: int = Field(
+        default=600,
+        ge=5,
+        description="Seconds before Redis redelivers a chunk whose worker died without acking it; "
+        "keep it above the longest chunk's run time.",
+    )
+    sandbox_workers: int = Field(
+        default=4, ge=1, le=64, description="Programs run at once by a worker's sandbox."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -5,14 +5,30 @@ Each entity family lives in its own module; add new ones here so Alembic sees th
 
 from db.models.base import Base
 from db.models.corpora import GOLD_KINDS, Corpus, Problem
+from db.models.generation import (
+    JOB_STATUSES,
+    JOB_TERMINAL_STATUSES,
+    PROBLEM_STATES,
+    VERDICTS,
+    GenerationJob,
+    JobProblem,
+    Rationale,
+)
 from db.models.teachers import CALL_STATUSES, REPLAYABLE_STATUSES, TeacherCall
 
 __all__ = [
     "CALL_STATUSES",
     "GOLD_KINDS",
+    "JOB_STATUSES",
+    "JOB_TERMINAL_STATUSES",
+    "PROBLEM_STATES",
     "REPLAYABLE_STATUSES",
+    "VERDICTS",
     "Base",
     "Corpus",
+    "GenerationJob",
+    "JobProblem",
     "Problem",
+    "Rationale",
     "TeacherCall",
 ]

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "services.cli.validate_cmd",
     "services.cli.teacher_sim_cmd",
     "services.cli.probe_cmd",
+    "services.cli.generate_cmd",
 )
 
 

@@ -1,0 +1,377 @@
+"""`kpdd generate`, `worker`, `status`, `resume`, `cancel`: distributed rationale generation.
+
+With `KPDD_BROKER_URL` set, `generate` records the job in the database, queues its chunks on
+Celery and returns the job id; `kpdd worker` processes (and can run on many hosts). Without a
+broker (the embedded default) the same chunks run here, in-process, with a progress bar.
+
+`kpdd worker` starts Celery as a child program (`python -m celery -A workers.app worker`): the
+CLI lives in `services`, which never imports `workers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import Engine
+
+from services.cli.common import database_engine, print_json
+from services.config import Settings, get_settings
+from services.errors import BadInputError, ConfigError
+from services.generation.dispatch import DEFAULT_QUEUE, CeleryDispatcher
+from services.generation.execute import Generator
+from services.generation.jobs import cancel_job, create_job, resumable_chunks
+from services.generation.params import GenerateParams, parse_budget, parse_modes
+from services.generation.status import JobStatus, job_status, list_jobs, money
+from services.teachers.registry import build_client
+from services.teachers.spec import parse_option_pairs, parse_spec
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gen = sub.add_parser("generate", help="queue a generation job over a corpus")
+    gen.add_argument("--corpus", required=True, help="corpus name (see `kpdd corpora`)")
+    gen.add_argument("--split", help="only this split (default: every split)")
+    gen.add_argument(
+        "--teacher",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="teacher spec, repeatable: openai:gpt-4o-mini,temperature=0.7,rpm=500 (see README)",
+    )
+    gen.add_argument(
+        "-O",
+        "--teacher-option",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="an option for every teacher given, e.g. -O temperature=0.7",
+    )
+    gen.add_argument("--mode", choices=("cot", "pot", "both"), default="cot")
+    gen.add_argument("--samples", type=int, default=1, help="samples per problem, teacher and mode")
+    gen.add_argument("--until-valid", type=int, help="keep sampling until this many are valid")
+    gen.add_argument("--max-attempts", type=int, help="with --until-valid: most samples to try")
+    gen.add_argument("--stage-mode", choices=("single", "staged"), default="single")
+    gen.add_argument("--budget-usd", help="never spend more than this many dollars")
+    gen.add_argument("--limit", type=int, help="only the first N problems (by id)")
+    gen.add_argument("--chunk-size", type=int, default=16, help="problems per queued task (default 16)")
+    gen.add_argument("--wait", action="store_true", help="with a broker: follow progress until the end")
+    gen.add_argument("--json", action="store_true", help="print one JSON document")
+    gen.set_defaults(handler=run_generate)
+
+    worker = sub.add_parser("worker", help="start a Celery worker (needs KPDD_BROKER_URL)")
+    worker.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    worker.add_argument(
+        "--threads", type=int, help="teacher calls in flight per process (default KPDD_WORKER_THREADS, 16)"
+    )
+    worker.add_argument(
+        "--queues", default=DEFAULT_QUEUE, help=f"queues to consume (default {DEFAULT_QUEUE})"
+    )
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=run_worker)
+
+    status = sub.add_parser("status", help="progress of a job, or a list of recent jobs")
+    status.add_argument("job", nargs="?", type=int, metavar="JOB", help="job id (default: list jobs)")
+    status.add_argument("--watch", action="store_true", help="refresh until the job ends")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=run_status)
+
+    resume = sub.add_parser("resume", help="re-queue every unfinished chunk of a job (after a crash)")
+    resume.add_argument("job", type=int, metavar="JOB")
+    resume.add_argument("--json", action="store_true", help="print one JSON document")
+    resume.set_defaults(handler=run_resume)
+
+    cancel = sub.add_parser("cancel", help="stop a job; its pending problems are not started")
+    cancel.add_argument("job", type=int, metavar="JOB")
+    cancel.add_argument("--json", action="store_true", help="print one JSON document")
+    cancel.set_defaults(handler=run_cancel)
+
+
+def _params(args: argparse.Namespace) -> GenerateParams:
+    shared = parse_option_pairs(args.teacher_option)
+    teachers = [parse_spec(text, shared).to_text() for text in args.teacher]
+    return GenerateParams(
+        corpus=args.corpus,
+        split=args.split,
+        teachers=teachers,
+        modes=parse_modes(args.mode),
+        samples=args.samples,
+        until_valid=args.until_valid,
+        max_attempts=args.max_attempts,
+        stage_mode=args.stage_mode,
+        budget_usd=parse_budget(args.budget_usd),
+        limit=args.limit,
+        chunk_size=args.chunk_size,
+    )
+
+
+@contextmanager
+def local_generator(settings: Settings) -> Iterator[Generator]:
+    """The in-process runner of the embedded default (no broker, no shared rate limiter)."""
+    url = settings.resolved_database_url
+    generator = Generator(
+        database_engine(settings),
+        lambda spec: build_client(spec, database_url=url),
+        threads=settings.worker_threads,
+        sandbox_parallelism=settings.sandbox_workers,
+    )
+    try:
+        yield generator
+    finally:
+        generator.close()
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    params = _params(args)
+    engine = database_engine(settings)
+    created = create_job(engine, params)
+    if settings.broker_url:
+        dispatcher = CeleryDispatcher(settings.broker_url)
+        try:
+            dispatcher.enqueue(created.job_id, created.chunks)
+        finally:
+            dispatcher.close()
+        if not args.wait:
+            if args.json:
+                print_json(
+                    {
+                        "job_id": created.job_id,
+                        "problems": created.total_problems,
+                        "chunks": len(created.chunks),
+                        "execution": "queued",
+                    }
+                )
+            else:
+                print(created.job_id)
+                print(
+                    f"queued job {created.job_id}: {created.total_problems} problems in "
+                    f"{len(created.chunks)} chunks; follow it with `kpdd status {created.job_id} --watch`",
+                    file=sys.stderr,
+                )
+            return 0
+        return _follow(engine, created.job_id, args.json)
+    with local_generator(settings) as generator:
+        _run_inline(generator, created.job_id, created.chunks, created.total_problems, quiet=args.json)
+    status = job_status(engine, created.job_id)
+    if args.json:
+        print_json(status.to_json())
+    else:
+        _print_status(status)
+    return 0 if status.status in ("completed", "budget_exhausted") else 1
+
+
+def _run_inline(generator: Generator, job_id: int, chunks: list[int], total: int, *, quiet: bool) -> None:
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(f"job {job_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("problems"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("generate", total=total)
+        for chunk in chunks:
+            report = generator.process_chunk(job_id, chunk)
+            progress.advance(task, report.problems)
+            if not console.is_terminal and not quiet:
+                print(f"job {job_id} chunk {chunk}: {report}", file=sys.stderr)
+
+
+def _follow(engine: Engine, job_id: int, as_json: bool) -> int:
+    while True:
+        status = job_status(engine, job_id)
+        if status.status not in ("queued", "running"):
+            break
+        time.sleep(1.0)
+    if as_json:
+        print_json(status.to_json())
+    else:
+        _print_status(status)
+    return 0 if status.status in ("completed", "budget_exhausted") else 1
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not settings.broker_url:
+        raise ConfigError(
+            "kpdd worker needs a broker: set KPDD_BROKER_URL=redis://host:6379/0 "
+            "(without one, `kpdd generate` runs its jobs in-process)"
+        )
+    if settings.database_url is None:
+        raise ConfigError(
+            "kpdd worker needs a shared database: set KPDD_DATABASE_URL=postgresql+psycopg://..."
+        )
+    if args.concurrency < 1:
+        raise BadInputError("--concurrency: must be at least 1")
+    database_engine(settings)  # fail now, with a clear message, if the schema is not migrated
+    env = dict(os.environ)
+    if args.threads is not None:
+        env["KPDD_WORKER_THREADS"] = str(args.threads)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--concurrency",
+        str(args.concurrency),
+        "--queues",
+        args.queues,
+        "--loglevel",
+        args.loglevel,
+        "--pool",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    sys.stdout.flush()
+    os.execvpe(sys.executable, argv, env)
+    return 0  # not reached
+
+
+def run_status(args: argparse.Namespace) -> int:
+    engine = database_engine()
+    if args.job is None:
+        jobs = list_jobs(engine)
+        if args.json:
+            print_json({"jobs": [j.to_json() for j in jobs]})
+            return 0
+        if not jobs:
+            print("no generation jobs yet: start one with `kpdd generate`")
+            return 0
+        table = Table(title="generation jobs")
+        for column in ("job", "status", "corpus", "teachers", "modes", "problems", "valid", "spent $"):
+            table.add_column(column)
+        for j in jobs:
+            table.add_row(
+                str(j.job_id),
+                j.status,
+                j.corpus,
+                ", ".join(j.teachers),
+                ",".join(j.modes),
+                f"{j.done}/{j.total_problems}",
+                str(sum(r.valid for r in j.rationales)),
+                str(j.spent_usd),
+            )
+        Console().print(table)
+        return 0
+    if args.watch and not args.json:
+        return _watch(engine, args.job)
+    status = job_status(engine, args.job)
+    if args.json:
+        print_json(status.to_json())
+    else:
+        _print_status(status)
+    return 0
+
+
+def _watch(engine: Engine, job_id: int) -> int:
+    console = Console()
+    status = job_status(engine, job_id)
+    with Progress(
+        TextColumn(f"job {job_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("problems"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("job", total=status.total_problems, rate="")
+        while True:
+            status = job_status(engine, job_id)
+            progress.update(task, completed=status.done, rate=f"{status.rate_per_s:.1f} rationales/s")
+            if status.status not in ("queued", "running"):
+                break
+            time.sleep(1.0)
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: JobStatus) -> None:
+    console = Console()
+    states = ", ".join(f"{k} {v}" for k, v in sorted(status.states.items()))
+    console.print(
+        f"[bold]job {status.job_id}[/bold]: {status.status}  corpus {status.corpus}"
+        f"{'/' + status.split if status.split else ''}  problems {status.done}/"
+        f"{status.total_problems} ({states})"
+    )
+    if status.total_problems and console.is_terminal:
+        width = 40
+        filled = int(width * status.done / status.total_problems)
+        console.print("[" + "#" * filled + "." * (width - filled) + "]")
+    table = Table(show_header=True)
+    for column in ("teacher", "mode", "valid", "invalid", "unparsed", "failed", "valid %"):
+        table.add_column(column, justify="left" if column in ("teacher", "mode") else "right")
+    for r in status.rationales:
+        share = f"{100 * r.valid / r.total:.1f}" if r.total else "-"
+        table.add_row(
+            r.teacher,
+            r.mode,
+            *(str(r.verdicts.get(v, 0)) for v in ("valid", "invalid", "unparsed", "failed")),
+            share,
+        )
+    console.print(table)
+    spend = f"spent ${money(status.spent_usd)}" + (
+        f" of ${money(status.budget_usd)}" if status.budget_usd is not None else ""
+    )
+    rate = f"{status.rate_per_s:.1f} rationales/s"
+    eta = f", ETA {status.eta_s:.0f} s" if status.eta_s is not None else ""
+    console.print(f"{spend}; {rate}{eta}")
+    failures = {
+        **status.problem_failures,
+        **{f"rationale {k}": v for k, v in status.rationale_failures.items()},
+    }
+    if failures:
+        console.print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    if status.stop_reason:
+        console.print(f"stopped: {status.stop_reason}")
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = database_engine(settings)
+    chunks = resumable_chunks(engine, args.job)
+    if chunks and settings.broker_url:
+        dispatcher = CeleryDispatcher(settings.broker_url)
+        try:
+            dispatcher.enqueue(args.job, chunks)
+        finally:
+            dispatcher.close()
+    elif chunks:
+        pending = job_status(engine, args.job).states.get("pending", 0)
+        with local_generator(settings) as generator:
+            _run_inline(generator, args.job, chunks, pending, quiet=args.json)
+    if args.json:
+        print_json(
+            {
+                "job_id": args.job,
+                "requeued_chunks": chunks,
+                "execution": "queued" if settings.broker_url else "inline",
+            }
+        )
+    else:
+        print(
+            f"job {args.job}: {len(chunks)} unfinished chunk(s) "
+            f"{'re-queued' if settings.broker_url else 'run again'}"
+        )
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    stopped = cancel_job(database_engine(), args.job)
+    if args.json:
+        print_json({"job_id": args.job, "status": "cancelled", "problems_cancelled": stopped})
+    else:
+        print(f"job {args.job} cancelled: {stopped} pending problem(s) will not be started")
+    return 0

@@ -1,0 +1,125 @@
+"""Creating, cancelling and resuming generation jobs (the Postgres side; queuing is `dispatch`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from db.models import JOB_TERMINAL_STATUSES, Corpus, GenerationJob, Problem
+from db.queries.generation import add_job_problems, pending_chunks, state_counts, stop_pending
+from services.errors import BadInputError
+from services.generation.params import GenerateParams
+from services.teachers.keys import check_key
+from services.teachers.pricing import load_prices
+from services.teachers.settings import load_teacher_settings
+from services.teachers.spec import TeacherSpec, parse_spec
+
+
+@dataclass(slots=True)
+class CreatedJob:
+    job_id: int
+    total_problems: int
+    chunks: list[int]
+
+
+def parse_teachers(params: GenerateParams) -> list[TeacherSpec]:
+    """Every teacher spec, parsed and checked before anything is written: unknown options, a
+    missing key, or (with a budget) a model without a price fail here."""
+    specs = [parse_spec(text) for text in params.teachers]
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise BadInputError("--teacher: the same provider:model is given twice")
+    prices = load_prices(load_teacher_settings().prices_file)
+    for spec in specs:
+        check_key(spec.provider, spec.options.api_key_env, spec.label)
+        if params.budget_usd is not None and prices.price_of(spec.provider, spec.model) is None:
+            raise BadInputError(
+                f"--budget-usd: {spec.label} has no price, so its cost cannot be bounded; add it "
+                "to a price file named by KPDD_PRICES_FILE (see README, Teachers)"
+            )
+    return specs
+
+
+def create_job(engine: Engine, params: GenerateParams) -> CreatedJob:
+    """Record the job and one pending work item per problem, in one transaction."""
+    specs = parse_teachers(params)
+    with Session(engine) as session, session.begin():
+        corpus = session.scalar(select(Corpus).where(Corpus.name == params.corpus))
+        if corpus is None:
+            names = ", ".join(session.scalars(select(Corpus.name).order_by(Corpus.name))) or "none yet"
+            raise BadInputError(
+                f"--corpus: no corpus named {params.corpus!r} (corpora: {names}); "
+                "ingest it first with `kpdd ingest`"
+            )
+        if params.split is not None:
+            has_split = session.scalar(
+                select(Problem.id)
+                .where(Problem.corpus_id == corpus.id, Problem.split == params.split)
+                .limit(1)
+            )
+            if has_split is None:
+                splits = ", ".join(
+                    session.scalars(select(Problem.split).where(Problem.corpus_id == corpus.id).distinct())
+                )
+                raise BadInputError(
+                    f"--split: corpus {params.corpus!r} has no split {params.split!r} "
+                    f"(splits: {splits or 'none'})"
+                )
+        job = GenerationJob(
+            corpus_id=corpus.id,
+            split=params.split,
+            teachers=[{"spec": spec.to_text(), "label": spec.label} for spec in specs],
+            modes=params.modes,
+            stage_mode=params.stage_mode,
+            samples=params.samples,
+            until_valid=params.until_valid,
+            max_attempts=params.max_attempts,
+            problem_limit=params.limit,
+            chunk_size=params.chunk_size,
+            budget_usd=params.budget_usd,
+            params=params.to_json(),
+        )
+        session.add(job)
+        session.flush()
+        total = add_job_problems(session, job.id, corpus.id, params.split, params.limit, params.chunk_size)
+        if total == 0:
+            raise BadInputError(f"--corpus: {params.corpus!r} has no problems to generate for")
+        job.total_problems = total
+        chunks = pending_chunks(session, job.id)
+        return CreatedJob(job.id, total, chunks)
+
+
+def load_job(session: Session, job_id: int) -> GenerationJob:
+    job = session.get(GenerationJob, job_id)
+    if job is None:
+        raise BadInputError(f"no generation job {job_id}; list jobs with `kpdd status`")
+    return job
+
+
+def cancel_job(engine: Engine, job_id: int) -> int:
+    """Stop a job: pending problems become `cancelled` (workers skip them). Returns how many."""
+    with Session(engine) as session, session.begin():
+        job = load_job(session, job_id)
+        if job.status in JOB_TERMINAL_STATUSES:
+            raise BadInputError(f"job {job_id} is already {job.status}; nothing to cancel")
+        stopped = stop_pending(session, job_id, "cancelled", "cancelled by `kpdd cancel`")
+        job.status = "cancelled"
+        job.stop_reason = "cancelled by `kpdd cancel`"
+        job.finished_at = datetime.now(UTC)
+        return stopped
+
+
+def resumable_chunks(engine: Engine, job_id: int) -> list[int]:
+    """The chunks to queue again: every chunk with a pending problem. A cancelled or finished job
+    has none; a job stopped by its budget is not resumed (raise the budget with a new job)."""
+    with Session(engine) as session, session.begin():
+        job = load_job(session, job_id)
+        if job.status in JOB_TERMINAL_STATUSES:
+            raise BadInputError(f"job {job_id} is {job.status}; there is nothing to resume")
+        counts = state_counts(session, job_id)
+        if not counts.get("pending"):
+            return []
+        return pending_chunks(session, job_id)
