@@ -17,18 +17,16 @@ import argparse
 import hashlib
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from db.migrate import upgrade
+from benchmarks.common import postgres_database, run_child
 from db.models import Corpus, Problem
 from services.validation.numbers import normalise_gold
 
@@ -51,32 +49,11 @@ def generate(path: Path, n: int) -> None:
 
 def run_kpdd_ingest(path: Path, url: str, corpus: str) -> tuple[float, float, dict[str, object]]:
     """Run `kpdd ingest` as a child; returns (seconds, the child's own peak RSS in MB, report)."""
-    env = {**os.environ, "KPDD_DATABASE_URL": url}
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            "ingest",
-            "gsm8k",
-            str(path),
-            "--corpus",
-            corpus,
-            "--json",
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
+    seconds, peak, out = run_child(
+        ["-m", "services.cli.main", "ingest", "gsm8k", str(path), "--corpus", corpus, "--json"],
+        {"KPDD_DATABASE_URL": url},
     )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"kpdd ingest failed with exit code {proc.returncode}")
-    return seconds, usage.ru_maxrss / 1024, orjson.loads(out)
+    return seconds, peak, orjson.loads(out)
 
 
 def run_baseline(path: Path, url: str, n: int) -> float:
@@ -125,55 +102,35 @@ def main() -> None:
     parser.add_argument("--database-url", help="an empty Postgres database (default: a private server)")
     args = parser.parse_args()
 
-    server = None
-    if args.database_url:
-        url = args.database_url
-    else:
-        from tests.servers import PostgresServer
+    with postgres_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "problems.jsonl"
+        t0 = time.perf_counter()
+        generate(path, args.problems)
+        size_mb = path.stat().st_size / 1e6
+        print(f"generated {args.problems:,} problems ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s")
 
-        server = PostgresServer()
-        server.start()
-        engine = create_engine(server.url(), isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text("CREATE DATABASE kpdd_bench"))
-        engine.dispose()
-        url = server.url("kpdd_bench")
-    upgrade(url)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "problems.jsonl"
-            t0 = time.perf_counter()
-            generate(path, args.problems)
-            size_mb = path.stat().st_size / 1e6
-            print(
-                f"generated {args.problems:,} problems ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s"
-            )
+        seconds, peak_mb, report = run_kpdd_ingest(path, url, "bench")
+        assert report["inserted"] == args.problems, report
+        rate = args.problems / seconds
+        print(f"kpdd ingest:     {rate:>10,.0f} problems/s  ({seconds:.1f} s, peak RSS {peak_mb:.0f} MB)")
 
-            seconds, peak_mb, report = run_kpdd_ingest(path, url, "bench")
-            assert report["inserted"] == args.problems, report
-            rate = args.problems / seconds
-            print(f"kpdd ingest:     {rate:>10,.0f} problems/s  ({seconds:.1f} s, peak RSS {peak_mb:.0f} MB)")
+        seconds2, peak2, report2 = run_kpdd_ingest(path, url, "bench")
+        assert report2["unchanged"] == args.problems, report2
+        print(
+            f"re-ingest (no-op): {args.problems / seconds2:>8,.0f} problems/s  ({seconds2:.1f} s, "
+            f"peak RSS {peak2:.0f} MB)"
+        )
 
-            seconds2, peak2, report2 = run_kpdd_ingest(path, url, "bench")
-            assert report2["unchanged"] == args.problems, report2
-            print(
-                f"re-ingest (no-op): {args.problems / seconds2:>8,.0f} problems/s  ({seconds2:.1f} s, "
-                f"peak RSS {peak2:.0f} MB)"
-            )
-
-            base_rate = run_baseline(path, url, args.baseline_problems)
-            print(
-                f"baseline ORM:    {base_rate:>10,.0f} problems/s  (session.add_all, "
-                f"{args.baseline_problems:,} problems)"
-            )
-            print(f"ratio kpdd/baseline: {rate / base_rate:.1f}x")
-            print(
-                f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-                f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-            )
-    finally:
-        if server is not None:
-            server.close()
+        base_rate = run_baseline(path, url, args.baseline_problems)
+        print(
+            f"baseline ORM:    {base_rate:>10,.0f} problems/s  (session.add_all, "
+            f"{args.baseline_problems:,} problems)"
+        )
+        print(f"ratio kpdd/baseline: {rate / base_rate:.1f}x")
+        print(
+            f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        )
 
 
 if __name__ == "__main__":

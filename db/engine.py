@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[int, str], Engine] = {}
+DEFAULT_POOL_SIZE = 10
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -37,15 +38,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    # Workers run many threads: a pool smaller than that churns connections (each connect forks
+    # a Postgres backend). `get_engine(url, pool_size=threads + a few)` sizes it to the caller.
+    kwargs.setdefault("pool_size", DEFAULT_POOL_SIZE)
+    kwargs.setdefault("max_overflow", kwargs["pool_size"])
     return create_engine(url, **kwargs)
 
 
-def get_engine(url: str) -> Engine:
-    """The engine for `url` in this process, built on first use."""
+def get_engine(url: str, pool_size: int | None = None) -> Engine:
+    """The engine for `url` in this process, built on first use (`pool_size` applies then)."""
     key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = make_engine(url)
+        options = {} if pool_size is None or url.startswith("sqlite") else {"pool_size": pool_size}
+        engine = _engines[key] = make_engine(url, **options)
     return engine
 
 

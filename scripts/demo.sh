@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# The main job, end to end, on embedded defaults: no servers, no API keys.
-# Creates the SQLite database under ./kpdd-data, ingests GSM8K, lists the corpora.
+# The main job, end to end, on embedded defaults: no servers, no API keys needed.
+# Creates the SQLite database under ./kpdd-data, ingests GSM8K, probes a teacher, runs a
+# generation job (CoT and PoT, validated: programs in the sandbox, answers matched) on a sample,
+# and shows its results. With OPENAI_API_KEY set it uses openai:gpt-4o-mini on a small,
+# budgeted sample instead of the simulator; KPDD_DEMO_TEACHER picks any other teacher spec.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 ensure_venv
 cd "$KPDD_ROOT"
 export PATH="$VENV/bin:$PATH"
 DATA="$(datasets_dir)"
+
+if [ -n "${KPDD_DEMO_TEACHER:-}" ]; then
+  TEACHER="$KPDD_DEMO_TEACHER"; LIMIT=20; BUDGET=(--budget-usd 0.50)
+elif [ -n "${OPENAI_API_KEY:-}" ]; then
+  TEACHER="openai:gpt-4o-mini,temperature=0.7"; LIMIT=20; BUDGET=(--budget-usd 0.50)
+else
+  TEACHER="sim:gold"; LIMIT=200; BUDGET=()
+fi
 
 say "kpdd db upgrade"
 kpdd db upgrade
@@ -15,3 +26,10 @@ kpdd ingest gsm8k "$DATA/gsm8k/train.jsonl" --corpus gsm8k --split train
 kpdd ingest gsm8k "$DATA/gsm8k/test.jsonl" --corpus gsm8k --split test
 say "kpdd corpora"
 kpdd corpora
+say "kpdd probe: 2 problems through $TEACHER"
+kpdd probe --teacher "$TEACHER" --corpus gsm8k --split train --limit 2 --mode pot
+say "kpdd generate: $LIMIT problems, CoT and PoT, teacher $TEACHER (in-process: no broker set)"
+kpdd generate --corpus gsm8k --split train --teacher "$TEACHER" --mode both --limit "$LIMIT" \
+  ${BUDGET[@]+"${BUDGET[@]}"}
+say "kpdd status"
+kpdd status

@@ -5,7 +5,8 @@ in-process task execution and the teacher simulator. Setting `KPDD_DATABASE_URL`
 `postgresql+psycopg://...` URL switches to Postgres with no other change.
 
 API keys are never part of Settings: they are read from the providers' own variables
-(`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`) at the moment a client is built, and never stored.
+(`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, or the variable a teacher spec names with
+`api_key_env=...`) at the moment a client is built, kept only in that client, and never stored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import ConfigError
@@ -55,6 +56,33 @@ class Settings(BaseSettings):
     sandbox_workers: int = Field(
         default=4, ge=1, le=64, description="Programs run at once by a worker's sandbox."
     )
+    sim_url: str | None = Field(
+        default=None,
+        description="Base URL of a running `kpdd teacher-sim` (http://host:port); unset means "
+        "`sim:` teachers start the simulator in-process on a loopback port.",
+    )
+    prices_file: Path | None = Field(
+        default=None,
+        description="A JSON price table whose entries override the shipped services/teachers/prices.json.",
+    )
+    teacher_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="Seconds one teacher HTTP request may take."
+    )
+    teacher_max_attempts: int = Field(
+        default=6, ge=1, le=50, description="Attempts per teacher call, the first included."
+    )
+    teacher_backoff_s: float = Field(
+        default=1.0, ge=0, le=600, description="Backoff before the second attempt; doubles after."
+    )
+    teacher_backoff_max_s: float = Field(
+        default=60.0, ge=0, le=3600, description="Longest backoff between two attempts."
+    )
+    teacher_retry_after_max_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=3600,
+        description="Longest wait a server's Retry-After may impose; a longer one ends the call.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -69,6 +97,12 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://") or value.startswith("postgresql+psycopg2"):
             raise ValueError("use the psycopg 3 driver: write 'postgresql+psycopg://...'")
         return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.teacher_backoff_max_s < self.teacher_backoff_s:
+            raise ValueError("KPDD_TEACHER_BACKOFF_MAX_S must be at least KPDD_TEACHER_BACKOFF_S")
+        return self
 
     @property
     def resolved_database_url(self) -> str:
@@ -89,5 +123,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        raise ConfigError(f"invalid environment variable KPDD_{field.upper()}: {first['msg']}") from None
+        if not first["loc"]:  # a check across fields: its message names the variables
+            raise ConfigError(f"invalid settings: {first['msg']}") from None
+        raise ConfigError(
+            f"invalid environment variable KPDD_{str(first['loc'][0]).upper()}: {first['msg']}"
+        ) from None

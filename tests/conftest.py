@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -25,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("KPDD_DATASETS_DIR", REPO_ROOT.parent / "shared" / "datasets"))
 _TEMPLATE_DB = "kpdd_template"
 _db_counter = itertools.count()
+ServerT = TypeVar("ServerT", PostgresServer, RedisServer)
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +36,19 @@ def datasets_dir() -> Path:
     return DATASETS
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def _started(server_class: Callable[[], ServerT], name: str) -> ServerT:
+    """A started server, or the test fails (never skips) with the reason it could not start."""
     try:
-        server = PostgresServer()
+        server = server_class()
         server.start()
     except ServerUnavailable as exc:
-        pytest.fail(f"cannot start the suite's PostgreSQL server: {exc}", pytrace=False)
+        pytest.fail(f"cannot start the suite's {name} server: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = _started(PostgresServer, "PostgreSQL")
     engine = create_engine(server.url(), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {_TEMPLATE_DB}"))
@@ -53,11 +61,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-        server.start()
-    except ServerUnavailable as exc:
-        pytest.fail(f"cannot start the suite's Redis server: {exc}", pytrace=False)
+    server = _started(RedisServer, "Redis")
     yield server
     server.close()
 

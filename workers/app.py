@@ -68,6 +68,9 @@ def runtime() -> WorkerRuntime:
 @signals.worker_process_init.connect
 def _init_process(**_: Any) -> None:
     global _runtime
+    # One INFO line per HTTP request costs CPU at thousands of calls a second.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     _runtime = None  # never reuse what the parent built before the fork
     runtime()
 

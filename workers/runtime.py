@@ -68,7 +68,7 @@ class WorkerRuntime:
         if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
             limiter = RateLimiter(redis.Redis.from_url(settings.broker_url))
         generator = Generator(
-            get_engine(url),
+            get_engine(url, pool_size=settings.worker_threads + 4),
             limited_client_factory(limiter, url),
             threads=settings.worker_threads,
             sandbox_parallelism=settings.sandbox_workers,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import Corpus, Problem
 
@@ -26,6 +26,14 @@ def count_split(session: Session, corpus_id: int, split: str) -> int:
     )
 
 
+def first_problems(session: Session, corpus: str, split: str | None, limit: int) -> list[Problem]:
+    """The first `limit` problems of a corpus (and split), in ingestion order."""
+    query = select(Problem).join(Corpus, Corpus.id == Problem.corpus_id).where(Corpus.name == corpus)
+    if split is not None:
+        query = query.where(Problem.split == split)
+    return list(session.scalars(query.order_by(Problem.id).limit(limit)))
+
+
 @dataclass(slots=True)
 class CorpusSummary:
     name: str
@@ -44,20 +52,19 @@ def corpus_summaries(session: Session) -> list[CorpusSummary]:
         c.name: CorpusSummary(c.name, c.format, {}, {})
         for c in session.scalars(select(Corpus).order_by(Corpus.name))
     }
-    by_split = session.execute(
-        select(Corpus.name, Problem.split, func.count())
-        .join(Problem, Problem.corpus_id == Corpus.id)
-        .group_by(Corpus.name, Problem.split)
-        .order_by(Corpus.name, Problem.split)
-    )
-    for name, split, count in by_split:
+    for name, split, count in _problem_counts(session, Problem.split):
         summaries[name].splits[split] = count
-    by_kind = session.execute(
-        select(Corpus.name, Problem.gold_kind, func.count())
-        .join(Problem, Problem.corpus_id == Corpus.id)
-        .group_by(Corpus.name, Problem.gold_kind)
-        .order_by(Corpus.name, Problem.gold_kind)
-    )
-    for name, kind, count in by_kind:
+    for name, kind, count in _problem_counts(session, Problem.gold_kind):
         summaries[name].gold_kinds[kind] = count
     return list(summaries.values())
+
+
+def _problem_counts(session: Session, column: InstrumentedAttribute[str]) -> list[tuple[str, str, int]]:
+    """(corpus name, value of the problem column, problems) for each pair that has problems."""
+    rows = session.execute(
+        select(Corpus.name, column, func.count())
+        .join(Problem, Problem.corpus_id == Corpus.id)
+        .group_by(Corpus.name, column)
+        .order_by(Corpus.name, column)
+    )
+    return [(name, value, count) for name, value, count in rows]

@@ -68,14 +68,18 @@ def chunk_problems(session: Session, job_id: int, chunk: int) -> list[tuple[int,
 def set_problem_states(
     session: Session, job_id: int, states: dict[int, tuple[str, str | None, str | None]]
 ) -> None:
-    """Move pending problems to a state with an optional (error kind, message). Only pending rows
-    move: a problem already terminal (a redelivered chunk finished it) keeps its state."""
-    for problem_id, (state, kind, message) in states.items():
+    """Move pending problems to a state with an optional (error kind, message), one UPDATE per
+    distinct outcome. Only pending rows move: a problem already terminal (a redelivered chunk
+    finished it) keeps its state."""
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for problem_id, outcome in states.items():
+        groups.setdefault(outcome, []).append(problem_id)
+    for (state, kind, message), problem_ids in groups.items():
         session.execute(
             update(JobProblem)
             .where(
                 JobProblem.job_id == job_id,
-                JobProblem.problem_id == problem_id,
+                JobProblem.problem_id.in_(problem_ids),
                 JobProblem.state == "pending",
             )
             .values(state=state, error_kind=kind, error_message=message)

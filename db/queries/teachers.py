@@ -9,16 +9,14 @@ each call makes the race window the length of one call).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, TextClause, bindparam, case, func, select, text
 from sqlalchemy.orm import Session
 
-from db.models import REPLAYABLE_STATUSES, Corpus, Problem, TeacherCall
+from db.models import REPLAYABLE_STATUSES, TeacherCall
 
 
 @dataclass(slots=True)
@@ -49,29 +47,64 @@ class NewTeacherCall:
     response: dict[str, Any] | None = None
 
 
-def find_replayable_call(session: Session, fingerprint: str) -> TeacherCall | None:
-    """The stored paid response for `fingerprint` (status `ok` or `refused`), if any."""
-    return session.scalar(
-        select(TeacherCall).where(
+@dataclass(slots=True, frozen=True)
+class StoredCall:
+    """What a replay needs of a stored paid response (not the raw body)."""
+
+    id: int
+    fingerprint: str
+    status: str
+    response_text: str | None
+    finish_reason: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost_usd: Decimal | None
+    latency_ms: int | None
+    error_kind: str | None
+
+
+_STORED_COLUMNS = [getattr(TeacherCall.__table__.c, f.name) for f in fields(StoredCall)]
+
+
+def find_replayable_call(session: Session | Connection, fingerprint: str) -> StoredCall | None:
+    """The stored paid response for `fingerprint` (status `ok` or `refused`), if any. Reads only
+    the columns a replay needs, as plain values (this runs before every teacher call)."""
+    row = session.execute(
+        select(*_STORED_COLUMNS).where(
             TeacherCall.fingerprint == fingerprint, TeacherCall.status.in_(REPLAYABLE_STATUSES)
         )
+    ).first()
+    return None if row is None else StoredCall(*row)
+
+
+def _upsert_statement() -> TextClause:
+    """The recording upsert as one parameterised statement, the same SQL on Postgres and SQLite.
+
+    Written as text on purpose: SQLAlchemy never caches the compiled form of Postgres's
+    `INSERT ... ON CONFLICT` construct, and compiling it on every call cost more CPU than the call
+    itself. Values travel as parameters; JSON and money columns keep their types."""
+    names = [f.name for f in fields(NewTeacherCall)]
+    updates = [f"{n} = excluded.{n}" for n in names if n not in ("fingerprint", "attempts")]
+    sql = (
+        f"INSERT INTO teacher_calls ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT (fingerprint) DO UPDATE SET {', '.join(updates)}, "
+        "attempts = teacher_calls.attempts + excluded.attempts, updated_at = CURRENT_TIMESTAMP "
+        "WHERE teacher_calls.status = 'failed' RETURNING id"
     )
+    columns = TeacherCall.__table__.c
+    typed = [bindparam(n, type_=columns[n].type) for n in ("options", "response", "cost_usd")]
+    return text(sql).bindparams(*typed)
 
 
-def record_call(session: Session, call: NewTeacherCall) -> tuple[int, bool]:
+_UPSERT = _upsert_statement()
+
+
+def record_call(session: Session | Connection, call: NewTeacherCall) -> tuple[int, bool]:
     """Upsert `call` on its fingerprint; returns (row id, whether this call's values were written).
 
     False means a paid response was already stored for the fingerprint and was kept."""
-    values = asdict(call)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(TeacherCall).values(**values)
-    update: dict[str, Any] = {name: stmt.excluded[name] for name in values if name != "fingerprint"}
-    update["attempts"] = TeacherCall.attempts + stmt.excluded.attempts
-    update["updated_at"] = func.now()
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[TeacherCall.fingerprint], set_=update, where=TeacherCall.status == "failed"
-    ).returning(TeacherCall.id)
-    row_id = session.execute(upsert).scalar()
+    values = {f.name: getattr(call, f.name) for f in fields(NewTeacherCall)}
+    row_id = session.execute(_UPSERT, values).scalar()
     if row_id is not None:
         return int(row_id), True
     existing = session.scalar(select(TeacherCall.id).where(TeacherCall.fingerprint == call.fingerprint))
@@ -145,20 +178,12 @@ def count_calls(session: Session, status: str | None = None) -> int:
     return int(session.scalar(query) or 0)
 
 
-def first_problems(session: Session, corpus: str, split: str | None, limit: int) -> list[Problem]:
-    """The first `limit` problems of a corpus (and split), in ingestion order."""
-    query = select(Problem).join(Corpus, Corpus.id == Problem.corpus_id).where(Corpus.name == corpus)
-    if split is not None:
-        query = query.where(Problem.split == split)
-    return list(session.scalars(query.order_by(Problem.id).limit(limit)))
-
-
 __all__ = [
     "NewTeacherCall",
+    "StoredCall",
     "TeacherCostSummary",
     "count_calls",
     "find_replayable_call",
-    "first_problems",
     "record_call",
     "teacher_cost_summaries",
 ]

@@ -33,7 +33,7 @@ def database_engine(settings: Settings | None = None) -> Engine:
     """
     settings = settings or get_settings()
     url = settings.resolved_database_url
-    engine = get_engine(url)
+    engine = get_engine(url, pool_size=settings.worker_threads + 4)
     try:
         current = current_revision(engine)
     except OperationalError as exc:

@@ -3,8 +3,11 @@
 Each subcommand lives in its own module exposing `register(subparsers)`, which adds its parser
 and sets `handler=<function(args) -> int>`. Errors are mapped here, once: a `KpddError` becomes
 one line on stderr and its exit code (2 bad input or config, 1 failure while running); argparse
-usage errors exit 2 as well. Modules are imported lazily by name so `kpdd --help` stays fast and
-a generation-only install never imports the training stack.
+usage errors exit 2 as well.
+
+Only the module of the command being run is imported (`COMMANDS` maps each command to its
+module): `kpdd corpora` does not pay for importing the SDKs, the sandbox or pyarrow, and a
+generation-only install never imports the training stack. `kpdd --help` imports them all.
 """
 
 from __future__ import annotations
@@ -17,42 +20,57 @@ from collections.abc import Sequence
 
 from services.errors import KpddError
 
-COMMAND_MODULES = (
-    "services.cli.db_cmd",
-    "services.cli.corpora_cmd",
-    "services.cli.validate_cmd",
-    "services.cli.teacher_sim_cmd",
-    "services.cli.probe_cmd",
-    "services.cli.generate_cmd",
-)
+# command -> the module that registers it (a test checks this table against the modules).
+COMMANDS = {
+    "db": "services.cli.db_cmd",
+    "ingest": "services.cli.corpora_cmd",
+    "corpora": "services.cli.corpora_cmd",
+    "validate": "services.cli.validate_cmd",
+    "teacher-sim": "services.cli.teacher_sim_cmd",
+    "probe": "services.cli.probe_cmd",
+    "generate": "services.cli.generate_cmd",
+    "worker": "services.cli.generate_cmd",
+    "status": "services.cli.generate_cmd",
+    "resume": "services.cli.generate_cmd",
+    "cancel": "services.cli.generate_cmd",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s module registered, or every module when it is not a known
+    command (no command, `--help`, a typo: argparse then lists every command)."""
     parser = argparse.ArgumentParser(
         prog="kpdd",
         description="Key-Point-Driven Distillation: generate, validate and export math rationales.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command not built yet in this checkout
-                continue
-            raise
-        module.register(sub)
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
+        importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The first argument that is not an option of `kpdd` itself."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr: warnings and errors, or everything with `-v`."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except KpddError as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.queries.teachers import first_problems
+from db.queries.corpora import first_problems
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.errors import BadInputError, ConfigError, RunFailure

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import orjson
 
+from services.corpora.jsonlines import json_object
 from services.errors import BadInputError, RunFailure
 from services.validation.consensus import (
     DEFAULT_MIN_AGREEMENT,
@@ -258,15 +259,9 @@ def _parse_line(number: int, raw: bytes) -> _Line:
     if not raw.strip():
         return _bad(number, "blank line; expected a JSON object")
     try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return _bad(number, "not valid UTF-8; convert the file to UTF-8 (e.g. iconv)")
-        return _bad(number, f"malformed JSON ({str(exc).split(':')[0]})")
-    if not isinstance(record, dict):
-        return _bad(number, f"expected a JSON object, got {type(record).__name__}")
+        record = json_object(raw)
+    except ValueError as exc:
+        return _bad(number, str(exc))
     line = _Line(number, record_id=record.get("id"))
     if not isinstance(line.record_id, str | int | float | None) or isinstance(line.record_id, bool):
         line.record_id = None

@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, Corpus, GenerationJob, Problem
 from db.queries.generation import add_job_problems, pending_chunks, state_counts, stop_pending
+from services.config import get_settings
 from services.errors import BadInputError
 from services.generation.params import GenerateParams
 from services.teachers.keys import check_key
 from services.teachers.pricing import load_prices
-from services.teachers.settings import load_teacher_settings
 from services.teachers.spec import TeacherSpec, parse_spec
 
 
@@ -32,7 +32,7 @@ def parse_teachers(params: GenerateParams) -> list[TeacherSpec]:
     labels = [spec.label for spec in specs]
     if len(set(labels)) != len(labels):
         raise BadInputError("--teacher: the same provider:model is given twice")
-    prices = load_prices(load_teacher_settings().prices_file)
+    prices = load_prices(get_settings().prices_file)
     for spec in specs:
         check_key(spec.provider, spec.options.api_key_env, spec.label)
         if params.budget_usd is not None and prices.price_of(spec.provider, spec.model) is None:

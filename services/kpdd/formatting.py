@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.kpdd.records import KeyPoints, Mode, Solution
+from services.kpdd.records import KeyPoints, Solution
 
 PROBLEM_MARKER = "Problem:"
 CORE_HEADING = "Core question:"
@@ -78,15 +78,3 @@ def format_problem(
     if solving_info is not None:
         parts.append(format_solving_info(solving_info))
     return "\n\n".join(parts)
-
-
-def key_points_for(mode: Mode, key_points: KeyPoints) -> KeyPoints:
-    """`key_points` reduced to the fields of `mode` (a demo carries both a CoT and a PoT solution)."""
-    if mode == "pot":
-        return KeyPoints(key_points.core_question, list(key_points.solving_info), program=key_points.program)
-    return KeyPoints(
-        key_points.core_question,
-        list(key_points.solving_info),
-        solution_text=key_points.solution_text,
-        final_answer_text=key_points.final_answer_text,
-    )

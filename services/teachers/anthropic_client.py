@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import anthropic
+from anthropic.types import Message, TextBlock
 
 from services.kpdd.parsing import normalise_finish_reason
 from services.teachers.base import TeacherClient, TeacherRequest, TeacherResponse
@@ -40,8 +41,9 @@ class AnthropicMessagesClient(TeacherClient):
         }
 
     def complete(self, request: TeacherRequest) -> TeacherResponse:
-        message = self._sdk.messages.create(**self.request_kwargs(request))
-        texts = [block.text for block in message.content if getattr(block, "type", None) == "text"]
+        # The SDK's own `post` with its `Message` type (see OpenAIChatClient.complete for why).
+        message = self._sdk.post("/v1/messages", body=self.request_kwargs(request), cast_to=Message)
+        texts = [block.text for block in message.content if isinstance(block, TextBlock)]
         usage = message.usage
         return TeacherResponse(
             text="".join(texts) if texts else None,

@@ -23,9 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from db.engine import session_scope
-from db.models import TeacherCall
-from db.queries.teachers import NewTeacherCall, find_replayable_call, record_call
+from db.queries.teachers import NewTeacherCall, StoredCall, find_replayable_call, record_call
 from services.kpdd.prompts import RenderedPrompt
 from services.kpdd.records import FinishReason, Stage
 from services.teachers.base import CallResult, TeacherClient, TeacherRequest
@@ -112,14 +110,15 @@ def cached_call(
     Idempotent: calling it again for the same request replays, and a redelivered task never adds
     a row. Exceptions that are not teacher errors (bugs, a database failure) propagate."""
     fingerprint = fingerprint_of(client, request)
-    with session_scope(engine) as session:
-        stored = find_replayable_call(session, fingerprint)
-        if stored is not None:
-            return _replayed(stored, request.prompt.stage)
+    # Plain connections, not ORM sessions: this runs around every teacher call.
+    with engine.connect() as conn:
+        stored = find_replayable_call(conn, fingerprint)
+    if stored is not None:
+        return _replayed(stored, request.prompt.stage)
     result = client.call(request)
     row = _row(client, request, fingerprint, result, problem_id)
-    with session_scope(engine) as session:
-        call_id, _written = record_call(session, row)
+    with engine.begin() as conn:
+        call_id, _written = record_call(conn, row)
     return CallRecord(
         call_id=call_id,
         fingerprint=fingerprint,
@@ -184,7 +183,7 @@ def _row(
     return row
 
 
-def _replayed(stored: TeacherCall, stage: Stage) -> CallRecord:
+def _replayed(stored: StoredCall, stage: Stage) -> CallRecord:
     finish: Any = stored.finish_reason
     return CallRecord(
         call_id=stored.id,

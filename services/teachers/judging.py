@@ -3,8 +3,8 @@
 CoT: the parsed final answer is judged against the problem's gold with
 `validation.matching.judge_answer_text`. PoT: the program runs in the validation sandbox (the
 only place generated code ever runs) and its result is judged with `judge_execution`. When the
-validation package or the sandbox is not available in this install, the verdict says so
-(`checked: false` with the reason); a program is then left unrun, never executed here.
+sandbox cannot start, the verdict says so (`checked: false` with the reason); the program is then
+left unrun, never executed here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 from services.errors import RunFailure
 from services.kpdd.records import KeyPoints
+from services.validation.matching import judge_answer_text, judge_execution
+from services.validation.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,11 @@ class AnswerJudge:
     Use as a context manager so the sandbox process is stopped."""
 
     def __init__(self) -> None:
-        self._sandbox: Any = None
+        self._sandbox: Sandbox | None = None
         self._sandbox_error: str | None = None
         self._stack = contextlib.ExitStack()
 
     def judge(self, key_points: KeyPoints, gold_answer: str | None) -> ProbeVerdict:
-        try:
-            from services.validation.matching import judge_answer_text, judge_execution
-        except ImportError as exc:
-            return unchecked(f"answer matching is not available ({exc})")
         if key_points.program is not None:
             sandbox = self._get_sandbox()
             if sandbox is None:
@@ -78,14 +76,9 @@ class AnswerJudge:
             dict(verdict.details),
         )
 
-    def _get_sandbox(self) -> Any:
+    def _get_sandbox(self) -> Sandbox | None:
         if self._sandbox is not None or self._sandbox_error is not None:
             return self._sandbox
-        try:
-            from services.validation.sandbox.sandbox import Sandbox
-        except ImportError as exc:
-            self._sandbox_error = f"the sandbox is not available ({exc})"
-            return None
         try:
             self._sandbox = self._stack.enter_context(Sandbox())
         except (RunFailure, OSError) as exc:  # the sandbox could not start: say why, judge nothing

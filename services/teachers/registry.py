@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from services.config import Settings, get_settings
 from services.teachers.anthropic_client import AnthropicMessagesClient
 from services.teachers.base import RetryPolicy, TeacherClient, TeacherRequest
 from services.teachers.errors import TeacherCallError
 from services.teachers.openai_client import OpenAIChatClient, OpenAICompatibleClient
 from services.teachers.pricing import PriceTable, load_prices
-from services.teachers.settings import TeacherSettings, load_teacher_settings
 from services.teachers.sim_client import SimTeacherClient
 from services.teachers.spec import TeacherSpec, parse_spec
 
@@ -30,7 +30,7 @@ CLIENTS: dict[str, type[TeacherClient]] = {
 }
 
 
-def retry_policy(settings: TeacherSettings) -> RetryPolicy:
+def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=settings.teacher_max_attempts,
         backoff_s=settings.teacher_backoff_s,
@@ -43,7 +43,7 @@ def build_client(
     spec: TeacherSpec | str,
     *,
     options: Mapping[str, str] | None = None,
-    settings: TeacherSettings | None = None,
+    settings: Settings | None = None,
     prices: PriceTable | None = None,
     database_url: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -64,7 +64,7 @@ def build_client(
         spec = parse_spec(spec, options)
     elif options:
         raise ValueError("options are given with a spec string; a parsed spec already has them")
-    settings = settings or load_teacher_settings()
+    settings = settings or get_settings()
     prices = prices or load_prices(settings.prices_file)
     kwargs: dict[str, Any] = {
         "price": prices.price_of(spec.provider, spec.model),

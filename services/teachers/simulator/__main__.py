@@ -4,9 +4,9 @@ without importing the other commands (so a child process starts in a fraction of
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from services.cli.main import configure_logging
 from services.cli.teacher_sim_cmd import add_arguments, run_teacher_sim
 from services.errors import KpddError
 
@@ -18,11 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose)
     try:
         return run_teacher_sim(args)
     except KpddError as exc:

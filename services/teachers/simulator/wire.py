@@ -63,7 +63,12 @@ def _positive_int(value: Any, name: str) -> int | None:
     return value
 
 
-def _common(body: Any) -> tuple[str, list[Any]]:
+def _common(raw: bytes) -> tuple[dict[str, Any], str, list[Any]]:
+    """The request body of either wire format, with its model and messages checked."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise WireError("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise WireError("the request body must be a JSON object")
     model = body.get("model")
@@ -74,15 +79,11 @@ def _common(body: Any) -> tuple[str, list[Any]]:
         raise WireError("messages: a non-empty list is required")
     if body.get("stream"):
         raise WireError("stream=true is not supported by the teacher simulator; call without streaming")
-    return model, messages
+    return body, model, messages
 
 
 def parse_openai(raw: bytes) -> ChatRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise WireError("the request body is not valid JSON") from None
-    model, messages = _common(body)
+    body, model, messages = _common(raw)
     system_parts: list[str] = []
     last_user = ""
     chars = 0
@@ -110,11 +111,7 @@ def parse_openai(raw: bytes) -> ChatRequest:
 
 
 def parse_anthropic(raw: bytes) -> ChatRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise WireError("the request body is not valid JSON") from None
-    model, messages = _common(body)
+    body, model, messages = _common(raw)
     max_tokens = _positive_int(body.get("max_tokens"), "max_tokens")
     if max_tokens is None:
         raise WireError("max_tokens: Field required")

@@ -1,4 +1,5 @@
-"""The exact arithmetic evaluator used to check derived programs without running them."""
+"""The exact check of derived programs without running them (its expression evaluator, shared with
+answer matching, is tested in tests/services/validation/test_arithmetic.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_straight_line_programs_are_exact() -> None:
         "ans = x + 1",  # unknown name
         "ans = 2 ** 100000",  # exponent bomb
         "ans = 10 ** 64 ** 2",
+        "ans = round(1, 10 ** 50)",  # rounding bomb
         "ans = 1 / 0",
         "for i in range(3):\n    ans = i",
         "def f():\n    return 1\nans = f()",

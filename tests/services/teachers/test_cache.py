@@ -24,7 +24,7 @@ from services.teachers.calls import request_fingerprint
 from services.teachers.pricing import ModelPrice, load_prices
 from services.teachers.rationale import CallFailure, RationaleWork, produce_rationale
 from services.teachers.simulator import SimulatorHandle
-from tests.services.teachers.test_clients_support import (
+from tests.services.teachers.clients_support import (
     fake_keys,
     gsm8k_items,
     make_client,

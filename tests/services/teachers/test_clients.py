@@ -24,7 +24,7 @@ from services.teachers.rationale import CallFailure, RationaleWork, produce_rati
 from services.teachers.registry import build_client
 from services.teachers.simulator import SimulatorHandle
 from services.teachers.spec import parse_spec
-from tests.services.teachers.test_clients_support import (
+from tests.services.teachers.clients_support import (
     Sleeps,
     closed_port_url,
     engine,

@@ -20,7 +20,7 @@ from services.kpdd.prompts import render_prompt
 from services.teachers.base import TeacherRequest
 from services.teachers.rationale import CallFailure, RationaleWork, produce_rationale
 from services.teachers.simulator import SimulatorHandle
-from tests.services.teachers.test_clients_support import (
+from tests.services.teachers.clients_support import (
     FAKE_ANTHROPIC_KEY,
     FAKE_KEYS,
     FAKE_OPENAI_KEY,

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from db.engine import get_engine
 from db.models import TeacherCall
+from services.config import get_settings
 from services.teachers.simulator import SimulatorHandle
 from tests.conftest import CliResult
-from tests.services.teachers.test_clients_support import (
+from tests.services.teachers.clients_support import (
     FAKE_OPENAI_KEY,
     GSM8K_TEST,
     EchoServer,
@@ -38,6 +39,7 @@ def probe_env(kpdd: Kpdd, monkeypatch: pytest.MonkeyPatch) -> Kpdd:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("KPDD_TEACHER_BACKOFF_S", "0")
     monkeypatch.setenv("KPDD_TEACHER_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()  # re-read the variables just set (the fixture `kpdd_env` clears it after)
     result = kpdd("ingest", "gsm8k", GSM8K_TEST, "--corpus", "gsm8k", "--split", "test")
     assert result.code == 0, result.err
     return kpdd

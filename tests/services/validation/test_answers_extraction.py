@@ -16,7 +16,6 @@ from services.validation.answers import (
     extract_final_answer,
     extract_ladder,
 )
-from services.validation.arithmetic import evaluate
 from services.validation.gold import parse_gold
 from services.validation.matching import judge_answer_text, judge_cot, judge_execution, judge_program_answer
 from services.validation.sandbox import Answer, ExecutionKind, ExecutionResult
@@ -185,16 +184,3 @@ def test_hostile_inputs_get_a_verdict(name: str) -> None:
         assert not verdict.match or name == "equals", (name, gold, verdict.to_json())
     if len(text) > MAX_RESPONSE_CHARS:
         assert judge_cot(text, "18").kind == "too_long"
-
-
-def test_arithmetic_is_exact_and_bounded() -> None:
-    assert evaluate("12 × 3") == 36
-    assert evaluate("(3+4)/2") == Fraction(7, 2)
-    assert evaluate("2^10") == 1024
-    assert evaluate("-(1/3)") == Fraction(-1, 3)
-    assert evaluate("9^9^9^9") is None  # refused before computing
-    assert evaluate("2^0.5") is None
-    assert evaluate("1/0") is None
-    assert evaluate("18") is None  # a lone number is not an expression
-    assert evaluate("x + 1") is None
-    assert evaluate("(" * 100 + "1" + ")" * 100) is None

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import Engine
 
 from db.engine import get_engine
+from services.config import Settings
 from services.teachers.base import TeacherClient
 from services.teachers.registry import build_client
-from services.teachers.settings import TeacherSettings
 from services.teachers.simulator import (
     CorpusSource,
     ProblemBank,
@@ -72,7 +72,7 @@ def gsm8k_items(n: int) -> list[GoldItem]:
     return items
 
 
-def teacher_settings(**overrides: Any) -> TeacherSettings:
+def teacher_settings(**overrides: Any) -> Settings:
     """Settings for tests: short timeout, small backoffs (recorded, not slept)."""
     values: dict[str, Any] = {
         "sim_url": None,
@@ -84,7 +84,7 @@ def teacher_settings(**overrides: Any) -> TeacherSettings:
         "teacher_retry_after_max_s": 30.0,
     }
     values.update(overrides)
-    return TeacherSettings(**values)
+    return Settings(**values)
 
 
 def spec_for(provider: str, sim: SimulatorHandle, fault: str | None = None, model: str | None = None) -> str:

@@ -1,0 +1,459 @@
+"""Distributed generation benchmarks: throughput, rate-limit fidelity and scaling.
+
+Everything real: a private PostgreSQL and Redis (as the test suite starts them), the teacher
+simulator as its own process, `kpdd worker` processes (Celery, prefork), GSM8K train problems.
+Each run gets a fresh database, so no run replays another's cached calls.
+
+    .venv/bin/python -m benchmarks.bench_generation throughput [--problems 3000]
+    .venv/bin/python -m benchmarks.bench_generation ratelimit [--rpm 600 --seconds 70]
+    .venv/bin/python -m benchmarks.bench_generation scaling
+    .venv/bin/python -m benchmarks.bench_generation all
+
+- throughput: a job over N problems, CoT and PoT, at zero simulated latency, two worker
+  processes; prints validated rationales/s and CPU-ms per rationale (CPU of the workers, the
+  simulator, Postgres and Redis, read from /proc), and a baseline measured in the same run: the
+  same work done one call at a time in one process (the research-script way), on a subset.
+- ratelimit: two workers under a shared limit of R requests/minute for over a minute, against a
+  simulator enforcing the same R with 429s: achieved rate over R, and 429s seen.
+- scaling: the same job with 1 and 2 worker processes at zero latency; then with 2 s of
+  simulated latency per call, how the rate grows with concurrency until the limiter caps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session
+
+from db.engine import dispose_engines, get_engine
+from db.migrate import upgrade
+from db.models import GenerationJob, Rationale
+from services.config import get_settings
+from services.corpora.gsm8k import GSM8KLoader
+from services.corpora.ingest import ingest_corpus
+from services.generation.dispatch import CeleryDispatcher
+from services.generation.execute import Generator
+from services.generation.jobs import create_job
+from services.generation.params import GenerateParams
+from services.teachers.registry import build_client
+from services.teachers.simulator.process import SimulatorProcess, spawn_simulator
+from tests.servers import PostgresServer, RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("KPDD_DATASETS_DIR", REPO.parent / "shared" / "datasets"))
+GSM8K_TRAIN = DATASETS / "gsm8k" / "train.jsonl"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of the processes `roots` and all their descendants (alive ones)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        times[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    total, stack, seen = 0.0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+@dataclass
+class RunResult:
+    label: str
+    rationales: int
+    valid: int
+    seconds: float
+    cpu_s: float
+    sim_requests: int
+    sim_429: int
+    cpu_split: dict[str, float] | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.valid / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_rationale(self) -> float:
+        return 1000 * self.cpu_s / max(1, self.rationales)
+
+
+class Stack:
+    """Private Postgres + Redis for the whole benchmark; one fresh database per run."""
+
+    def __init__(self) -> None:
+        self.pg = PostgresServer()
+        self.pg.start()
+        self.redis = RedisServer()
+        self.redis.start()
+        self.tmp = Path(tempfile.mkdtemp(prefix="kpdd-bench-gen-"))
+        self.runs = 0
+
+    def fresh_database(self, problems: int) -> str:
+        self.runs += 1
+        name = f"bench_{self.runs}"
+        engine = create_engine(self.pg.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        url = self.pg.url(name)
+        upgrade(url)
+        subset = self.tmp / f"gsm8k-{problems}.jsonl"
+        if not subset.exists():
+            lines = GSM8K_TRAIN.read_text(encoding="utf-8").splitlines()[:problems]
+            subset.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ingest_corpus(get_engine(url), GSM8KLoader(subset), "gsm8k", "train")
+        return url
+
+    def env(self, url: str, threads: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KPDD_")}
+        env.update(
+            KPDD_DATABASE_URL=url,
+            KPDD_BROKER_URL=self.redis.url(),
+            KPDD_WORKER_THREADS=str(threads),
+            KPDD_DATA_DIR=str(self.tmp / "data"),
+            KPDD_TEACHER_TIMEOUT_S="30",
+        )
+        return env
+
+    def close(self) -> None:
+        self.redis.close()
+        self.pg.close()
+
+
+@contextmanager
+def simulator(*args: str) -> Iterator[SimulatorProcess]:
+    sim = spawn_simulator(["--corpus", f"gsm8k:{GSM8K_TRAIN}", *args])
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def sim_stats(sim: SimulatorProcess) -> dict[str, int]:
+    return dict(httpx.get(f"{sim.url}/_sim/stats", timeout=5).json())
+
+
+@contextmanager
+def workers(
+    stack: Stack, env: dict[str, str], count: int, processes: int = 1
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = []
+    logs = []
+    try:
+        for i in range(count):
+            log_path = stack.tmp / f"worker-{stack.runs}-{i}.log"
+            logs.append(log_path)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "services.cli.main",
+                        "worker",
+                        "--concurrency",
+                        str(processes),
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log_path.open("wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        # Celery prints nothing at WARNING when ready; give the pools time to fork and warm up.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(_pool_started(p) for p in procs):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _pool_started(proc: subprocess.Popen[bytes]) -> bool:
+    """True once the worker has forked its pool process (a child exists)."""
+    return any(
+        Path(f"/proc/{pid}/stat").exists()
+        and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and Path(f"/proc/{pid}/stat").exists()
+    )
+
+
+def wait_for(url: str, job_id: int, timeout: float = 900) -> None:
+    engine = get_engine(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            status = session.scalar(select(GenerationJob.status).where(GenerationJob.id == job_id))
+        if status not in ("queued", "running"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"job {job_id} did not finish in {timeout} s")
+
+
+def counts(url: str) -> tuple[int, int]:
+    with Session(get_engine(url)) as session:
+        total = session.scalar(select(func.count()).select_from(Rationale)) or 0
+        valid = session.scalar(select(func.count()).where(Rationale.verdict == "valid")) or 0
+    return int(total), int(valid)
+
+
+def distributed_run(
+    stack: Stack,
+    label: str,
+    *,
+    problems: int,
+    modes: list[str],
+    worker_count: int,
+    threads: int,
+    sim_args: tuple[str, ...] = (),
+    teacher_options: str = "",
+    chunk_size: int = 16,
+    sampler: list[tuple[float, int]] | None = None,
+    processes: int = 1,
+) -> RunResult:
+    url = stack.fresh_database(problems)
+    env = stack.env(url, threads)
+    with simulator(*sim_args) as sim, workers(stack, env, worker_count, processes) as procs:
+        os.environ.update({k: v for k, v in env.items() if k.startswith("KPDD_")})
+        get_settings.cache_clear()
+        spec = f"sim:gold@{sim.url}{teacher_options}"
+        created = create_job(
+            get_engine(url),
+            GenerateParams(corpus="gsm8k", teachers=[spec], modes=modes, chunk_size=chunk_size),
+        )
+        groups = {
+            "workers": [p.pid for p in procs],
+            "simulator": [sim.process.pid],
+            "postgres": _postmaster(stack),
+            "redis": [stack.redis.proc.pid],  # type: ignore[union-attr]
+        }
+        before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        stats_before = sim_stats(sim)
+        start = time.perf_counter()
+        dispatcher = CeleryDispatcher(stack.redis.url())
+        dispatcher.enqueue(created.job_id, created.chunks)
+        dispatcher.close()
+        if sampler is not None:
+            engine = get_engine(url)
+            while True:
+                with Session(engine) as session:
+                    status = session.scalar(
+                        select(GenerationJob.status).where(GenerationJob.id == created.job_id)
+                    )
+                sampler.append((time.perf_counter() - start, sim_stats(sim)["answered"]))
+                if status not in ("queued", "running"):
+                    break
+                time.sleep(1.0)
+        else:
+            wait_for(url, created.job_id)
+        seconds = time.perf_counter() - start
+        split = {name: cpu_seconds(pids) - before[name] for name, pids in groups.items()}
+        stats = sim_stats(sim)
+    total, valid = counts(url)
+    dispose_engines()
+    return RunResult(
+        label,
+        total,
+        valid,
+        seconds,
+        sum(split.values()),
+        stats["requests"] - stats_before["requests"],
+        stats["rate_limited"] - stats_before["rate_limited"],
+        split,
+    )
+
+
+def _postmaster(stack: Stack) -> list[int]:
+    pidfile = stack.pg.datadir / "postmaster.pid"
+    return [int(pidfile.read_text().splitlines()[0])]
+
+
+def sequential_baseline(stack: Stack, problems: int, modes: list[str]) -> RunResult:
+    """One call at a time, in one process: the research-script way, same code path."""
+    url = stack.fresh_database(problems)
+    with simulator() as sim:
+        engine = get_engine(url)
+        created = create_job(
+            engine,
+            GenerateParams(
+                corpus="gsm8k", teachers=[f"sim:gold@{sim.url}"], modes=modes, chunk_size=problems
+            ),
+        )
+        roots = [os.getpid(), sim.process.pid, stack.redis.proc.pid, *_postmaster(stack)]  # type: ignore[union-attr]
+        cpu_before = cpu_seconds(roots)
+        start = time.perf_counter()
+        generator = Generator(
+            engine, lambda spec: build_client(spec, database_url=url), threads=1, sandbox_parallelism=1
+        )
+        for chunk in created.chunks:
+            generator.process_chunk(created.job_id, chunk)
+        generator.close()
+        seconds = time.perf_counter() - start
+        cpu = cpu_seconds(roots) - cpu_before
+    total, valid = counts(url)
+    dispose_engines()
+    return RunResult("baseline: sequential, 1 process", total, valid, seconds, cpu, total, 0)
+
+
+def show(result: RunResult) -> None:
+    print(
+        f"  {result.label:<46} {result.valid:>6} valid / {result.rationales:<6} in {result.seconds:6.1f} s"
+        f"  = {result.rate:7.1f} valid/s   {result.cpu_ms_per_rationale:5.2f} CPU-ms/rationale"
+        f"   sim requests {result.sim_requests}, 429s {result.sim_429}"
+    )
+    if result.cpu_split:
+        per = ", ".join(
+            f"{k} {1000 * v / max(1, result.rationales):.2f}" for k, v in result.cpu_split.items()
+        )
+        print(f"  {'':<46} CPU-ms/rationale by process: {per}")
+
+
+def bench_throughput(stack: Stack, problems: int, baseline_problems: int, processes: int) -> None:
+    print(
+        f"throughput: {problems} GSM8K problems x CoT+PoT, zero latency, "
+        f"2 workers x {processes} processes x 16 threads"
+    )
+    fast = distributed_run(
+        stack,
+        f"kpdd: 2 workers x {processes} processes",
+        problems=problems,
+        modes=["cot", "pot"],
+        worker_count=2,
+        threads=16,
+        processes=processes,
+    )
+    show(fast)
+    base = sequential_baseline(stack, baseline_problems, ["cot", "pot"])
+    show(base)
+    print(f"  ratio kpdd / baseline: {fast.rate / base.rate:.1f}x")
+
+
+def bench_ratelimit(stack: Stack, rpm: int, seconds: int) -> None:
+    problems = int(rpm / 60 * seconds)
+    print(
+        f"rate limit: {rpm} requests/min shared by 2 workers x 16 threads, simulator enforcing {rpm} rpm, "
+        f"{problems} requests"
+    )
+    samples: list[tuple[float, int]] = []
+    result = distributed_run(
+        stack,
+        f"kpdd: 2 workers, limit {rpm} rpm",
+        problems=problems,
+        modes=["cot"],
+        worker_count=2,
+        threads=16,
+        sim_args=("--rpm", str(rpm)),
+        teacher_options=f",rpm={rpm}",
+        chunk_size=8,
+        sampler=samples,
+    )
+    show(result)
+    # Steady state: skip the first and last 5 s (start-up burst, tail of the last chunks).
+    inner = [(t, n) for t, n in samples if 5 <= t <= samples[-1][0] - 5]
+    if len(inner) >= 2:
+        (t0, n0), (t1, n1) = inner[0], inner[-1]
+        steady = (n1 - n0) / (t1 - t0) * 60
+        print(f"  steady-state rate {steady:.1f} rpm over {t1 - t0:.0f} s = {steady / rpm:.3f} of the limit")
+    overall = result.sim_requests / result.seconds * 60
+    print(f"  whole run: {overall:.1f} rpm = {overall / rpm:.3f} of the limit; 429s seen: {result.sim_429}")
+
+
+def bench_scaling(stack: Stack) -> None:
+    print("scaling at zero latency: 2000 problems x CoT, 16 threads per worker")
+    for count in (1, 2):
+        show(
+            distributed_run(
+                stack,
+                f"{count} worker process(es)",
+                problems=2000,
+                modes=["cot"],
+                worker_count=count,
+                threads=16,
+            )
+        )
+    cap = 1200
+    print(f"scaling with 2 s latency per call: 1 worker, limiter at {cap} rpm (20/s)")
+    for threads in (4, 16, 64):
+        expected = min(threads / 2.0, cap / 60)
+        problems = max(40, int(expected * 25))
+        show(
+            distributed_run(
+                stack,
+                f"{threads} threads (ideal {expected:.0f}/s)",
+                problems=problems,
+                modes=["cot"],
+                worker_count=1,
+                threads=threads,
+                sim_args=("--latency-ms", "2000", "--latency-dist", "fixed"),
+                teacher_options=f",rpm={cap}",
+                chunk_size=max(4, threads // 2),
+            )
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", choices=("throughput", "ratelimit", "scaling", "all"))
+    parser.add_argument("--problems", type=int, default=3000)
+    parser.add_argument("--baseline-problems", type=int, default=150)
+    parser.add_argument("--processes", type=int, default=2, help="processes per worker (throughput)")
+    parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--seconds", type=int, default=70)
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    stack = Stack()
+    try:
+        if args.which in ("throughput", "all"):
+            bench_throughput(stack, args.problems, args.baseline_problems, args.processes)
+        if args.which in ("ratelimit", "all"):
+            bench_ratelimit(stack, args.rpm, args.seconds)
+        if args.which in ("scaling", "all"):
+            bench_scaling(stack)
+    finally:
+        stack.close()
+
+
+if __name__ == "__main__":
+    main()
