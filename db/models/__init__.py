@@ -14,6 +14,7 @@ from db.models.generation import (
     JobProblem,
     Rationale,
 )
+from db.models.snapshots import Snapshot
 from db.models.teachers import CALL_STATUSES, REPLAYABLE_STATUSES, TeacherCall
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "JobProblem",
     "Problem",
     "Rationale",
+    "Snapshot",
     "TeacherCall",
 ]

@@ -33,6 +33,9 @@ COMMANDS = {
     "status": "services.cli.generate_cmd",
     "resume": "services.cli.generate_cmd",
     "cancel": "services.cli.generate_cmd",
+    "export": "services.cli.export_cmd",
+    "snapshots": "services.cli.export_cmd",
+    "snapshot": "services.cli.export_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

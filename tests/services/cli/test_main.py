@@ -36,5 +36,5 @@ def test_a_command_imports_only_its_module() -> None:
 def test_help_lists_every_command() -> None:
     parser = build_parser(None)
     text = parser.format_help()
-    for command in ("ingest", "generate", "worker", "teacher-sim"):
+    for command in ("ingest", "generate", "export", "worker", "teacher-sim"):
         assert command in text
