@@ -6,7 +6,7 @@ Each run gets a fresh database, so no run replays another's cached calls.
 
     .venv/bin/python -m benchmarks.bench_generation throughput [--problems 3000]
     .venv/bin/python -m benchmarks.bench_generation ratelimit [--rpm 600 --seconds 70]
-    .venv/bin/python -m benchmarks.bench_generation scaling
+    .venv/bin/python -m benchmarks.bench_generation scaling     # or: latency (its second half)
     .venv/bin/python -m benchmarks.bench_generation all
 
 - throughput: a job over N problems, CoT and PoT, at zero simulated latency, two worker
@@ -397,7 +397,13 @@ def bench_ratelimit(stack: Stack, rpm: int, seconds: int) -> None:
     print(f"  whole run: {overall:.1f} rpm = {overall / rpm:.3f} of the limit; 429s seen: {result.sim_429}")
 
 
-def bench_scaling(stack: Stack) -> None:
+def bench_scaling(stack: Stack, latency_only: bool = False) -> None:
+    if not latency_only:
+        bench_scaling_processes(stack)
+    bench_scaling_latency(stack)
+
+
+def bench_scaling_processes(stack: Stack) -> None:
     print("scaling at zero latency: 2000 problems x CoT, 16 threads per worker")
     for count in (1, 2):
         show(
@@ -410,29 +416,50 @@ def bench_scaling(stack: Stack) -> None:
                 threads=16,
             )
         )
+
+
+def bench_scaling_latency(stack: Stack) -> None:
+    """Calls in flight per process are min(threads, work items of one chunk): chunks are sized
+    to the thread count here, as the README advises."""
     cap = 1200
-    print(f"scaling with 2 s latency per call: 1 worker, limiter at {cap} rpm (20/s)")
-    for threads in (4, 16, 64):
+    print(f"scaling with 2 s latency per call: 1 worker process, limiter at {cap} rpm (20/s)")
+    for threads in (1, 4, 16, 64):
         expected = min(threads / 2.0, cap / 60)
-        problems = max(40, int(expected * 25))
+        problems = max(20, int(expected * 25))
         show(
             distributed_run(
                 stack,
-                f"{threads} threads (ideal {expected:.0f}/s)",
+                f"{threads} threads (ideal {expected:.1f}/s)",
                 problems=problems,
                 modes=["cot"],
                 worker_count=1,
                 threads=threads,
                 sim_args=("--latency-ms", "2000", "--latency-dist", "fixed"),
                 teacher_options=f",rpm={cap}",
-                chunk_size=max(4, threads // 2),
+                chunk_size=threads,
             )
         )
+    # One process works one chunk at a time, so a chunk's slowest call delays the next chunk;
+    # two processes overlap chunks and reach the limiter's cap.
+    show(
+        distributed_run(
+            stack,
+            f"2 processes x 32 threads (ideal {cap / 60:.1f}/s)",
+            problems=int(cap / 60 * 25),
+            modes=["cot"],
+            worker_count=1,
+            threads=32,
+            processes=2,
+            sim_args=("--latency-ms", "2000", "--latency-dist", "fixed"),
+            teacher_options=f",rpm={cap}",
+            chunk_size=32,
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("throughput", "ratelimit", "scaling", "all"))
+    parser.add_argument("which", choices=("throughput", "ratelimit", "scaling", "latency", "all"))
     parser.add_argument("--problems", type=int, default=3000)
     parser.add_argument("--baseline-problems", type=int, default=150)
     parser.add_argument("--processes", type=int, default=2, help="processes per worker (throughput)")
@@ -449,8 +476,8 @@ def main() -> None:
             bench_throughput(stack, args.problems, args.baseline_problems, args.processes)
         if args.which in ("ratelimit", "all"):
             bench_ratelimit(stack, args.rpm, args.seconds)
-        if args.which in ("scaling", "all"):
-            bench_scaling(stack)
+        if args.which in ("scaling", "latency", "all"):
+            bench_scaling(stack, latency_only=args.which == "latency")
     finally:
         stack.close()
 

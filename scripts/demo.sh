@@ -2,7 +2,7 @@
 # The main job, end to end, on embedded defaults: no servers, no API keys needed.
 # Creates the SQLite database under ./kpdd-data, ingests GSM8K, probes a teacher, runs a
 # generation job (CoT and PoT, validated: programs in the sandbox, answers matched) on a sample,
-# and shows its results. With OPENAI_API_KEY set it uses openai:gpt-4o-mini on a small,
+# shows its results, and exports it as a verified dataset snapshot. With OPENAI_API_KEY set it uses openai:gpt-4o-mini on a small,
 # budgeted sample instead of the simulator; KPDD_DEMO_TEACHER picks any other teacher spec.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
@@ -33,3 +33,15 @@ kpdd generate --corpus gsm8k --split train --teacher "$TEACHER" --mode both --li
   ${BUDGET[@]+"${BUDGET[@]}"}
 say "kpdd status"
 kpdd status
+JOB="$(kpdd status --json | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["jobs"][0]["job_id"])')"
+OUT="kpdd-data/snapshots/job-$JOB"
+say "kpdd export: job $JOB, deduplicated, decontaminated against the evaluation sets"
+if [ -e "$OUT" ]; then
+  echo "$OUT exists (an earlier demo run): verifying it instead"
+else
+  kpdd export --job "$JOB" --dedupe --decontaminate gsm8k-test svamp asdiv multiarith \
+    --val-fraction 0.05 --out "$OUT"
+fi
+say "kpdd snapshot verify $OUT"
+kpdd snapshot verify "$OUT"
+kpdd snapshots
