@@ -261,7 +261,7 @@ def run_status(args: argparse.Namespace) -> int:
                 ",".join(j.modes),
                 f"{j.done}/{j.total_problems}",
                 str(sum(r.valid for r in j.rationales)),
-                str(j.spent_usd),
+                money(j.spent_usd),
             )
         Console().print(table)
         return 0
