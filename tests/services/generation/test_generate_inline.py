@@ -56,6 +56,10 @@ def test_generate_both_modes_with_samples_then_rerun_pays_nothing(
         assert cot.final_answer_text and cot.answer == cot.final_answer_text
     engine.dispose()
 
+    listing = kpdd("status")  # the human list of jobs: spend as plain dollars
+    assert listing.code == 0 and "completed" in listing.out
+    assert "0.000000" in listing.out and "E-" not in listing.out
+
     again = kpdd(
         "generate", "--corpus", "g", "--teacher", "sim:gold", "--mode", "both", "--samples", "2", "--json"
     )
