@@ -142,18 +142,22 @@ class _Job:
 
 @dataclass(slots=True)
 class _Slot:
-    """What is known of one (problem, teacher, mode): sample index -> verdict."""
+    """What is known of one (problem, teacher, mode): sample index -> verdict, and the indices
+    asked in this run (never asked twice in one run: a call that failed after its retries is
+    asked again only by a later run or delivery)."""
 
     verdicts: dict[int, str] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)
 
     def valid(self) -> int:
         return sum(1 for v in self.verdicts.values() if v == "valid")
 
     def next_indices(self, job: _Job) -> list[int]:
-        """Indices to ask in the next round: the first `samples` not yet done, then (with
-        until_valid) as many new ones as valid rationales are still missing, within the cap."""
-        done = {i for i, v in self.verdicts.items() if v != "failed"}
-        todo = [i for i in range(job.samples) if i not in done]
+        """Indices to ask in the next round: the first `samples` without a usable rationale,
+        then (with until_valid) as many new ones as valid rationales are still missing, within
+        the cap."""
+        settled = {i for i, v in self.verdicts.items() if v != "failed"} | self.asked
+        todo = [i for i in range(job.samples) if i not in settled]
         if todo:
             return todo
         if job.until_valid is None:
@@ -161,8 +165,7 @@ class _Slot:
         missing = job.until_valid - self.valid()
         if missing <= 0:
             return []
-        free = [i for i in range(job.attempts_cap) if i not in done and i not in self.verdicts]
-        return free[:missing]
+        return [i for i in range(job.attempts_cap) if i not in settled][:missing]
 
 
 class BudgetExhausted(Exception):
@@ -270,7 +273,9 @@ class Generator:
                     continue
                 rows.append(self._row(job_id, result))
                 verdict = rows[-1]["verdict"]
-                slots[(item.problem.id, item.teacher.label, item.mode)].verdicts[item.sample_index] = verdict
+                slot = slots[(item.problem.id, item.teacher.label, item.mode)]
+                slot.verdicts[item.sample_index] = verdict
+                slot.asked.add(item.sample_index)
                 report.rationales += 1
                 report.valid += verdict == "valid"
                 report.paid_calls += result.outcome.paid_calls

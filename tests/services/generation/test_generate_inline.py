@@ -299,3 +299,28 @@ def test_unlabelled_problems_are_judged_by_consensus(
     assert {r.verdict for r in rows} == {"valid"}
     details = rows[0].verdict_details or {}
     assert details["method"] == "consensus" and details["details"]["agreement"] == 1.0
+
+
+def test_a_teacher_that_keeps_failing_fails_its_problems_and_the_job_ends(
+    kpdd: Callable[..., CliResult], kpdd_env: Callable[..., None], db_url: str,
+    small_corpus: Callable[..., str],
+) -> None:
+    kpdd_env(database_url=db_url, teacher_max_attempts="2", teacher_backoff_s="0.01",
+             teacher_backoff_max_s="0.02")
+    small_corpus(3)
+    result = kpdd("generate", "--corpus", "g", "--teacher", "sim:gold+fault=500", "--mode", "cot",
+                  "--until-valid", "1", "--max-attempts", "3", "--json")
+    assert result.code == 0, result.err  # the job ran to its end; per-problem failures are data
+    status = orjson.loads(result.out)
+    assert status["status"] == "completed"
+    assert status["problems"]["by_state"] == {"failed": 3}
+    assert status["failures"]["problems"] == {"server": 3}
+    # Each problem tried its three allowed indices once each (every call with its 2 HTTP
+    # attempts), then stopped: no index is asked again within the run.
+    assert _count(db_url, Rationale, Rationale.verdict == "failed") == 3 * 3
+    assert _count(db_url, TeacherCall) == 3 * 3
+    engine = create_engine(db_url)
+    with Session(engine) as session:
+        attempts = session.scalars(select(TeacherCall.attempts)).all()
+    engine.dispose()
+    assert attempts == [2] * 9
