@@ -3,7 +3,9 @@
 As root (the normal case in a worker container) the server moves itself into a new network
 namespace (no interface is up: not even loopback is reachable) and a new private mount namespace
 in which every mount is remounted read-only and nosuid, `/tmp` is a fresh size-capped tmpfs
-holding the programs' working directories, `/run` is an empty read-only tmpfs (no host unix
+holding the programs' working directories (when the interpreter, its packages or this project
+live under /tmp, the tmpfs goes on a fresh empty directory there instead, so they stay visible
+and /tmp stays read-only), `/run` is an empty read-only tmpfs (no host unix
 sockets), and `/proc` is a new instance with `hidepid=2` (a program sees only its own process).
 Each concurrent program then runs under its own unused uid (`UID_BASE + 64 * server pid + slot`;
 a container whose uid map is not the identity falls back to one shared uid, 65534), so the
@@ -22,6 +24,7 @@ every layer held.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,12 +100,37 @@ def _mount_tmpfs(target: str, options: str, flags: int) -> None:
     kernel.mount("kpdd-sandbox", target, "tmpfs", flags | kernel.MS_NOSUID | kernel.MS_NODEV, options)
 
 
+def _code_lives_under(root: str) -> bool:
+    """Whether the interpreter, its packages, this project or the working directory are under
+    `root`: a tmpfs mounted over it would hide them from programs (lazy imports would fail)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.getcwd(), os.path.dirname(__file__)}
+    paths.update(p for p in sys.path if p)
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    return any(os.path.realpath(p).startswith(prefix) for p in paths)
+
+
+def _private_root() -> str:
+    """Where the private tmpfs for working directories is mounted: over `/tmp` (hiding the host's
+    /tmp), or, when the code itself lives under /tmp, on a fresh empty directory there (then
+    /tmp stays visible, read-only). Created before / becomes read-only; the host removes it."""
+    if not _code_lives_under("/tmp"):
+        return "/tmp"
+    root = f"/tmp/kpdd-sandbox-root-{os.getpid()}"
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    return root
+
+
 def _setup_mounts(report: IsolationReport, tmpfs_mb: int) -> None:
     try:
         kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     except OSError as exc:
         report.notes.append(f"mounts not private ({exc.strerror}): no filesystem isolation")
         return
+    try:
+        private_root = _private_root()
+    except OSError as exc:
+        report.notes.append(f"no private work root ({exc.strerror}): working dirs live in the host's /tmp")
+        private_root = None
     try:
         kernel.mount_setattr_recursive("/", kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
         report.filesystem = "read-only"
@@ -118,11 +146,13 @@ def _setup_mounts(report: IsolationReport, tmpfs_mb: int) -> None:
                 except OSError as err:
                     report.notes.append(f"{path} stays writable ({err.strerror})")
         report.filesystem = "tmpfs-overlays"
-    try:
-        _mount_tmpfs("/tmp", f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
-        report.private_tmp = True
-    except OSError as exc:
-        report.notes.append(f"no private /tmp ({exc.strerror}): working dirs live in the host's /tmp")
+    if private_root is not None:
+        try:
+            _mount_tmpfs(private_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
+            report.private_tmp = True
+            report.workdir_root = private_root
+        except OSError as exc:
+            report.notes.append(f"no private /tmp ({exc.strerror}): working dirs live in the host's /tmp")
     if os.path.isdir("/run") and not os.path.islink("/run"):
         try:
             _mount_tmpfs("/run", "size=4k,mode=0755", kernel.MS_RDONLY | kernel.MS_NOEXEC)

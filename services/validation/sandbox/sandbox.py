@@ -16,6 +16,7 @@ failure is data (an `ExecutionResult`); `SandboxError` means the sandbox itself 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -114,6 +115,11 @@ class Sandbox:
             if os.getpid() == self._owner_pid:
                 for server in self._servers.values():
                     server.close()
+                    root = server.isolation.workdir_root
+                    if server.isolation.private_tmp and root != "/tmp":
+                        # The empty mount point the server made when the code lives under /tmp.
+                        with contextlib.suppress(OSError):
+                            os.rmdir(root)
             self._servers = {}
 
     def __enter__(self) -> Sandbox:

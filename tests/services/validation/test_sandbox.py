@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,11 @@ CANARIES = [
     Path(f"/var/tmp/kpdd-canary-{TOKEN}"),
 ]
 FAST = SandboxLimits(timeout_s=0.6, memory_mb=128)
+# Writing to /tmp is refused either way: EACCES on the private tmpfs over /tmp, or EROFS when the
+# code itself lives under /tmp and /tmp stays visible, read-only (a checkout or venv in /tmp).
+TMP_WRITE_ERROR = (
+    "OSError" if str(REPO_ROOT).startswith("/tmp/") or sys.prefix.startswith("/tmp/") else ("PermissionError")
+)
 
 OK, ERROR, TIMEOUT, MEMORY = (
     ExecutionKind.OK,
@@ -113,8 +119,9 @@ def assert_host_untouched(sandbox: Sandbox, before: HostState) -> None:
     while (left := _leftover_processes(sandbox)) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not left, f"processes left behind: {left}"
+    root = sandbox.isolation.workdir_root  # /tmp, or a fresh dir when the code lives under /tmp
     for pid in before.server_pids.values():
-        private_tmp = Path(f"/proc/{pid}/root/tmp")
+        private_tmp = Path(f"/proc/{pid}/root{root}")
         assert list(private_tmp.iterdir()) == [], "a working directory was not removed"
     still = sandbox.run("ans = 6 * 7", timeout_s=5)
     assert still.kind is OK and still.answer == Answer("int", "42"), still
@@ -182,7 +189,7 @@ CASES = [
         "import_filter_bypass_dunder_import",
         f"m = __import__('o' + 's')\nfd = m.open('{C}', m.O_CREAT | m.O_WRONLY)\n",
         (ERROR,),
-        "PermissionError",
+        TMP_WRITE_ERROR,
     ),
     Case(
         "import_filter_bypass_subclasses",
@@ -234,7 +241,7 @@ CASES = [
     Case("huge_stdout", "while True:\n    print('x' * 1000)\n", (OUTPUT_CAP,)),
     Case("huge_stderr", "import sys\nwhile True:\n    sys.stderr.write('y' * 4096)\n", (OUTPUT_CAP,)),
     Case("write_into_the_repo", f"open('{R}', 'w').write('x')\n", (ERROR,), "OSError"),
-    Case("write_into_tmp", f"open('{C}', 'w').write('x')\n", (ERROR,), "PermissionError"),
+    Case("write_into_tmp", f"open('{C}', 'w').write('x')\n", (ERROR,), TMP_WRITE_ERROR),
     Case("write_into_dev_shm", f"open('{CANARIES[2]}', 'w').write('x')\n", (ERROR,), "OSError"),
     Case("write_into_var_tmp", f"open('{CANARIES[3]}', 'w').write('x')\n", (ERROR,), "OSError"),
     Case(
@@ -668,9 +675,10 @@ def test_unprivileged_fallback_report_and_shared_tmp_cleanup(unprivileged: Sandb
     report = unprivileged.isolation
     assert not report.root and not report.per_program_uid and not report.full
     assert report.network == "userns+netns" and report.filesystem == "read-only" and report.seccomp
-    first = unprivileged.run("open('/tmp/shared-leak', 'w').write('x')\nans = 1")
+    leak = f"{report.workdir_root}/shared-leak"
+    first = unprivileged.run(f"open({leak!r}, 'w').write('x')\nans = 1")
     assert first.kind is OK  # same uid as the server: it can write to the shared tmpfs root...
-    second = unprivileged.run("import os\nans = os.path.exists('/tmp/shared-leak')")
+    second = unprivileged.run(f"import os\nans = os.path.exists({leak!r})")
     assert second.answer == Answer("bool", "False")  # ...but the server clears it after each program
 
 
