@@ -302,14 +302,29 @@ def test_unlabelled_problems_are_judged_by_consensus(
 
 
 def test_a_teacher_that_keeps_failing_fails_its_problems_and_the_job_ends(
-    kpdd: Callable[..., CliResult], kpdd_env: Callable[..., None], db_url: str,
+    kpdd: Callable[..., CliResult],
+    kpdd_env: Callable[..., None],
+    db_url: str,
     small_corpus: Callable[..., str],
 ) -> None:
-    kpdd_env(database_url=db_url, teacher_max_attempts="2", teacher_backoff_s="0.01",
-             teacher_backoff_max_s="0.02")
+    kpdd_env(
+        database_url=db_url, teacher_max_attempts="2", teacher_backoff_s="0.01", teacher_backoff_max_s="0.02"
+    )
     small_corpus(3)
-    result = kpdd("generate", "--corpus", "g", "--teacher", "sim:gold+fault=500", "--mode", "cot",
-                  "--until-valid", "1", "--max-attempts", "3", "--json")
+    result = kpdd(
+        "generate",
+        "--corpus",
+        "g",
+        "--teacher",
+        "sim:gold+fault=500",
+        "--mode",
+        "cot",
+        "--until-valid",
+        "1",
+        "--max-attempts",
+        "3",
+        "--json",
+    )
     assert result.code == 0, result.err  # the job ran to its end; per-problem failures are data
     status = orjson.loads(result.out)
     assert status["status"] == "completed"
