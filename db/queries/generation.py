@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, and_, func, insert, literal, select, update
+from sqlalchemy import CursorResult, Select, and_, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -120,11 +120,17 @@ def failure_counts(session: Session, job_id: int) -> dict[str, int]:
     return {str(k): int(c) for k, c in rows}
 
 
-def rationale_counts(session: Session, job_id: int) -> list[tuple[str, str, str, str, int]]:
-    """(provider, model, mode, verdict, count) for the rationales this job produced."""
+def rationale_counts(
+    session: Session, job_id: int, teachers: Sequence[tuple[str, str]], modes: Sequence[str], stage_mode: str
+) -> list[tuple[str, str, str, str, int]]:
+    """(provider, model, mode, verdict, count) of the rationales in the job's scope: its problems,
+    by its teachers, in its modes and stage mode, whichever job produced them (a re-run finds
+    its rationales already stored and still has them)."""
+    teacher_match = or_(*(and_(Rationale.provider == p, Rationale.model == m) for p, m in teachers))
     rows = session.execute(
         select(Rationale.provider, Rationale.model, Rationale.mode, Rationale.verdict, func.count())
-        .where(Rationale.job_id == job_id)
+        .join(JobProblem, and_(JobProblem.problem_id == Rationale.problem_id, JobProblem.job_id == job_id))
+        .where(teacher_match, Rationale.mode.in_(modes), Rationale.stage_mode == stage_mode)
         .group_by(Rationale.provider, Rationale.model, Rationale.mode, Rationale.verdict)
         .order_by(Rationale.provider, Rationale.model, Rationale.mode, Rationale.verdict)
     )

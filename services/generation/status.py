@@ -111,7 +111,9 @@ def job_status(engine: Engine, job_id: int) -> JobStatus:
         job = load_job(session, job_id)
         corpus = session.get(Corpus, job.corpus_id)
         by_key: dict[tuple[str, str], TeacherModeCounts] = {}
-        for provider, model, mode, verdict, count in rationale_counts(session, job_id):
+        teachers = [tuple(t["label"].split(":", 1)) for t in job.teachers]
+        scope = rationale_counts(session, job_id, teachers, job.modes, job.stage_mode)
+        for provider, model, mode, verdict, count in scope:
             key = (f"{provider}:{model}", mode)
             by_key.setdefault(key, TeacherModeCounts(*key)).verdicts[verdict] = count
         rate = _rate(session, job, sum(c.total for c in by_key.values()))

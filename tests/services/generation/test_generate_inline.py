@@ -64,7 +64,13 @@ def test_generate_both_modes_with_samples_then_rerun_pays_nothing(
         "generate", "--corpus", "g", "--teacher", "sim:gold", "--mode", "both", "--samples", "2", "--json"
     )
     assert again.code == 0
-    assert orjson.loads(again.out)["status"] == "completed"
+    rerun = orjson.loads(again.out)
+    assert rerun["status"] == "completed"
+    # The re-run asked nothing, yet its status shows the rationales in its scope.
+    assert {r["mode"]: r["by_verdict"] for r in rerun["rationales"]} == {
+        "cot": {"valid": 24},
+        "pot": {"valid": 24},
+    }
     assert _count(db_url, Rationale) == 48
     assert _count(db_url, TeacherCall) == 48  # nothing asked again
 
