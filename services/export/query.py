@@ -1,17 +1,20 @@
-"""Reading the rationales an export selects: checked, counted, and streamed problem by problem.
+"""Reading the rationales an export selects: checked, counted, and streamed as Arrow tables.
 
 One SELECT joins rationales to their problem and corpus and applies the row filters of the spec
-(jobs, corpora, teachers, modes, verdict) in the database. It is ordered by problem id, so each
-problem's rationales arrive together and the per-problem filters need one problem in memory at a
-time. Within a problem the rows are re-sorted in Python by (provider, model, mode, prompt version,
-sample index, rationale id) with code-point string order, so the output order never depends on
-the database's collation.
+(jobs, corpora, teachers, modes, verdict) in the database. It is ordered by problem id, then by
+(provider, model, mode, prompt version, sample index, rationale id) compared by code point
+(`COLLATE "C"` on Postgres, SQLite's default binary collation), so the output order never
+depends on the database's collation and needs no sorting in Python.
 
-On Postgres the rows come through a psycopg server-side (named) cursor, `STREAM_BATCH` rows per
-fetch, read ahead by a helper thread, in the caller's transaction; the export reads in one
-REPEATABLE READ transaction, so counts, evaluation corpora and rows all see the same database
-state even while generation jobs keep writing. Elsewhere (SQLite) SQLAlchemy streams the rows,
-in one read transaction too (WAL gives it a stable snapshot).
+`stream_batches` yields the rows as `pyarrow.Table`s of whole problems (`STREAM_SCHEMA`: the
+columns of `RationaleRow`, with `solving_info` still JSON text, decoded once per batch by
+`decode_json_lists`). On Postgres the SELECT runs as `COPY (...) TO STDOUT (FORMAT csv)` in the
+caller's transaction: a helper thread receives the CSV, `STREAM_BATCH` rows at a time, and
+parses each block with pyarrow's C++ CSV reader, so no Python object is built per value. The
+export reads in one REPEATABLE READ transaction, so counts, evaluation corpora and rows all see
+the same database state even while generation jobs keep writing. Elsewhere (SQLite, or a
+Postgres connection whose client encoding is not UTF-8) SQLAlchemy streams the rows, in one read
+transaction too (WAL gives SQLite a stable snapshot), and each fetch becomes one table.
 
 A job selects its *scope*: the rationales of the job's problems by the job's teachers, in the
 job's modes and stage mode, whichever job first produced them. A job that found its rationales
@@ -22,19 +25,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from queue import Empty, Full, Queue
 from typing import Any, NamedTuple
 
 import orjson
-from psycopg.types.json import set_json_loads
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Text,
     and_,
     case,
+    cast,
     exists,
     false,
     func,
@@ -45,14 +52,16 @@ from sqlalchemy import (
 from db.models import Corpus, GenerationJob, JobProblem, Problem, Rationale
 from services.errors import BadInputError
 from services.export.spec import ExportSpec
+from services.export.writer import arrow_schema
 
+# Rows per fetched block (COPY on Postgres, a fetch elsewhere).
 STREAM_BATCH = 2_000
 
 
 class RationaleRow(NamedTuple):
     """One selected rationale with its problem, in the column order of the rationale files
-    (less `split`). A NamedTuple, not a dataclass: a million of these are built straight from
-    database row tuples."""
+    (less `split`), as the per-problem filters see it. A NamedTuple, not a dataclass: one is
+    built per row when deduplication or a cap is on."""
 
     rationale_id: int
     problem_id: int
@@ -80,6 +89,17 @@ class RationaleRow(NamedTuple):
     verdict: str
     verdict_kind: str | None
     judged_by: str | None
+
+
+# The stream's columns: the rationale files' columns less `split`, `solving_info` as JSON text.
+STREAM_SCHEMA = pa.schema(
+    [
+        pa.field(f.name, pa.string()) if f.name == "solving_info" else f
+        for f in arrow_schema("rationales")
+        if f.name != "split"
+    ]
+)
+assert STREAM_SCHEMA.names == list(RationaleRow._fields)
 
 
 @dataclass(slots=True)
@@ -112,7 +132,8 @@ def _selected_columns() -> list[Any]:
         Rationale.prompt_version,
         Rationale.sample_index,
         Rationale.core_question,
-        Rationale.solving_info,
+        # JSON text, decoded once per batch (`decode_json_lists`), not once per row.
+        cast(Rationale.solving_info, Text).label("solving_info"),
         case((Rationale.mode == "pot", Rationale.program), else_=Rationale.solution_text).label("solution"),
         Rationale.final_answer_text,
         Rationale.answer,
@@ -209,46 +230,95 @@ def check_selection(conn: Connection, spec: ExportSpec) -> list[JobScope]:
 
 def available_by_verdict(conn: Connection, spec: ExportSpec, jobs: list[JobScope]) -> dict[str, int]:
     """How many rationales the row filters select before the verdict filter, by verdict."""
-    stmt = _joined(select(Rationale.verdict, func.count())).where(*_where(spec, jobs, with_verdict=False))
-    rows = conn.execute(stmt.group_by(Rationale.verdict))
+    stmt = select(Rationale.verdict, func.count())
+    # Only the corpus filter needs the problem and its corpus (every rationale has both, so the
+    # join drops nothing otherwise; without it the count takes a third of the time).
+    stmt = _joined(stmt) if spec.corpora else stmt.select_from(Rationale)
+    rows = conn.execute(stmt.where(*_where(spec, jobs, with_verdict=False)).group_by(Rationale.verdict))
     return {str(v): int(c) for v, c in sorted(rows, key=lambda r: str(r[0]))}
 
 
-def select_rationales(spec: ExportSpec, jobs: list[JobScope]) -> Select[Any]:
-    """The streaming SELECT: every row filter applied, ordered by problem id."""
+# The collation that compares text by code point (UTF-8 bytes), per dialect.
+CODE_POINT_COLLATION = {"postgresql": "C", "sqlite": "BINARY"}
+
+
+def select_rationales(spec: ExportSpec, jobs: list[JobScope], collation: str | None = None) -> Select[Any]:
+    """The streaming SELECT: every row filter applied, ordered by problem id, then by provider,
+    model, mode, prompt version (in `collation`: give the dialect's `CODE_POINT_COLLATION`),
+    sample index and rationale id."""
+
+    def text(column: Any) -> Any:
+        return column.collate(collation) if collation else column
+
     stmt = _joined(select(*_selected_columns())).where(*_where(spec, jobs, with_verdict=True))
     return stmt.order_by(
         Rationale.problem_id,
-        Rationale.provider,
-        Rationale.model,
-        Rationale.mode,
-        Rationale.prompt_version,
+        text(Rationale.provider),
+        text(Rationale.model),
+        text(Rationale.mode),
+        text(Rationale.prompt_version),
         Rationale.sample_index,
+        Rationale.id,
     )
 
 
-def _sort_key(row: RationaleRow) -> tuple[str, str, str, str, int, int]:
-    return (row.provider, row.model, row.mode, row.prompt_version, row.sample_index, row.rationale_id)
+# Postgres CSV: fields quoted with `"` (doubled inside) when they hold a delimiter, a quote or a
+# line break; NULL is an empty unquoted field, an empty string a quoted one.
+_CSV_PARSE = pa_csv.ParseOptions(newlines_in_values=True)
+_CSV_CONVERT = pa_csv.ConvertOptions(
+    column_types=STREAM_SCHEMA,
+    null_values=[""],
+    strings_can_be_null=True,
+    quoted_strings_can_be_null=False,
+)
 
 
-def _postgres_batches(
-    conn: Connection, stmt: Select[Any], batch: int
-) -> Generator[Sequence[Any], None, None]:
+def _parse_csv(block: bytearray, rows: int) -> pa.Table:
+    """One block of whole CSV lines (as COPY sent them) as a table of `STREAM_SCHEMA`."""
+    read = pa_csv.ReadOptions(
+        column_names=STREAM_SCHEMA.names, use_threads=False, block_size=max(len(block) + 1, 1 << 20)
+    )
+    table = pa_csv.read_csv(
+        pa.py_buffer(block), read_options=read, parse_options=_CSV_PARSE, convert_options=_CSV_CONVERT
+    )
+    if table.num_rows != rows:  # a parsing mistake must never pass silently
+        raise RuntimeError(f"export stream: parsed {table.num_rows} rows out of {rows} received")
+    return table
+
+
+def _postgres_tables(conn: Connection, stmt: Select[Any], batch: int) -> Generator[pa.Table, None, None]:
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     driver = conn.connection.driver_connection
     assert driver is not None
-    with driver.cursor(name="kpdd_export") as cursor:
-        set_json_loads(orjson.loads, cursor)
-        cursor.itersize = batch
-        cursor.execute(str(compiled), compiled.params)
-        while rows := cursor.fetchmany(batch):
-            yield rows
+    # Parameters are bound client-side by psycopg (COPY takes none of its own).
+    statement = f"COPY ({compiled}) TO STDOUT (FORMAT csv)"
+    with driver.cursor() as cursor, cursor.copy(statement, compiled.params) as copy:
+        block = bytearray()
+        rows = 0
+        for line in copy:  # one CopyData message per row
+            block += line
+            rows += 1
+            if rows == batch:
+                yield _parse_csv(block, rows)
+                block = bytearray()
+                rows = 0
+        if rows:
+            yield _parse_csv(block, rows)
 
 
-def _read_ahead(batches: Generator[Sequence[Any], None, None], depth: int) -> Iterator[Sequence[Any]]:
-    """Iterate `batches` in a helper thread, up to `depth` batches ahead, so the database
-    produces the next batch while this thread processes the current one (psycopg releases the
-    GIL while it waits). The helper has finished, and closed the cursor, when this returns."""
+def _sqlalchemy_tables(conn: Connection, stmt: Select[Any], batch: int) -> Generator[pa.Table, None, None]:
+    row_type = pa.struct(list(STREAM_SCHEMA))
+    result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+    for rows in result.partitions():
+        struct = pa.array([tuple(row) for row in rows], type=row_type)
+        yield pa.Table.from_batches([pa.RecordBatch.from_struct_array(struct)], schema=STREAM_SCHEMA)
+
+
+def _read_ahead(tables: Generator[pa.Table, None, None], depth: int) -> Generator[pa.Table, None, None]:
+    """Iterate `tables` in a helper thread, up to `depth` tables ahead, so the database
+    produces and pyarrow parses the next block while this thread processes the current one
+    (psycopg and the CSV reader release the GIL while they wait or parse). The helper has
+    finished, and ended the COPY, when this returns."""
     queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -263,21 +333,21 @@ def _read_ahead(batches: Generator[Sequence[Any], None, None], depth: int) -> It
 
     def produce() -> None:
         try:
-            for rows in batches:
-                if not put(("rows", rows)):
+            for table in tables:
+                if not put(("table", table)):
                     return
             put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
             put(("error", exc))
         finally:
-            batches.close()
+            tables.close()
 
     helper = threading.Thread(target=produce, name="kpdd-export-fetch", daemon=True)
     helper.start()
     try:
         while True:
             kind, item = queue.get()
-            if kind == "rows":
+            if kind == "table":
                 yield item
             elif kind == "end":
                 return
@@ -291,54 +361,81 @@ def _read_ahead(batches: Generator[Sequence[Any], None, None], depth: int) -> It
         helper.join()
 
 
-def _raw_batches(conn: Connection, stmt: Select[Any], batch: int) -> Generator[Sequence[Any], None, None]:
-    """Row tuples, `batch` at a time. On Postgres through a psycopg server-side (named) cursor
-    in the caller's transaction, read ahead by a helper thread, with JSON parsed by orjson:
-    SQLAlchemy's Row objects and the standard `json` module cost more than the fetch itself at a
-    million rows. Elsewhere through SQLAlchemy's own streaming."""
-    if conn.dialect.name == "postgresql":
-        yield from _read_ahead(_postgres_batches(conn, stmt, batch), depth=4)
-        return
-    result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
-    yield from result.partitions()
+def copy_applies(conn: Connection) -> bool:
+    """Whether rows can come by COPY in CSV: on Postgres, with a UTF-8 client encoding (the only
+    one pyarrow reads)."""
+    info = getattr(conn.connection.driver_connection, "info", None)
+    return conn.dialect.name == "postgresql" and getattr(info, "encoding", "") == "utf-8"
 
 
-def stream_problem_groups(
-    conn: Connection, spec: ExportSpec, jobs: list[JobScope], batch: int = STREAM_BATCH
-) -> Generator[list[RationaleRow], None, None]:
-    """The selected rationales, one list per problem (problems in id order, rows in the
-    collation-free order above). Memory holds one fetch batch and one problem."""
-    make = RationaleRow._make
-    group: list[RationaleRow] = []
-    current = None
-    batches = _raw_batches(conn, select_rationales(spec, jobs), batch)
+def _raw_tables(
+    conn: Connection, spec: ExportSpec, jobs: list[JobScope], batch: int
+) -> Generator[pa.Table, None, None]:
+    """The selected rows, `batch` at a time, as tables of `STREAM_SCHEMA`. On Postgres through
+    COPY in CSV, received and parsed by a helper thread: psycopg's row tuples and SQLAlchemy's
+    Row objects cost more than the rest of the export together at a million rows. Elsewhere
+    through SQLAlchemy's own streaming."""
+    stmt = select_rationales(spec, jobs, CODE_POINT_COLLATION.get(conn.dialect.name))
+    if copy_applies(conn):
+        return _read_ahead(_postgres_tables(conn, stmt, batch), depth=3)
+    return _sqlalchemy_tables(conn, stmt, batch)
+
+
+def stream_batches(
+    conn: Connection, spec: ExportSpec, jobs: list[JobScope], batch: int | None = None
+) -> Generator[pa.Table, None, None]:
+    """The selected rationales as tables of `STREAM_SCHEMA` holding whole problems (a problem
+    is never split between two tables), in export order, read `batch` (default `STREAM_BATCH`)
+    rows at a time. Memory holds a few fetch blocks."""
+    tables = _raw_tables(conn, spec, jobs, batch or STREAM_BATCH)
+    carry: pa.Table | None = None
     try:
-        for rows in batches:
-            for raw in rows:
-                row = make(raw)
-                if row.problem_id != current:
-                    if group:
-                        if len(group) > 1:
-                            group.sort(key=_sort_key)
-                        yield group
-                    group = []
-                    current = row.problem_id
-                group.append(row)
+        for block in tables:
+            if not block.num_rows:
+                continue
+            table = block if carry is None else pa.concat_tables([carry, block])
+            problem_ids = table.column("problem_id")
+            # The last problem may go on in the next block: keep it back.
+            cut = pc.index(problem_ids, problem_ids[-1]).as_py()
+            carry = table.slice(cut)
+            if cut:
+                yield table.slice(0, cut)
     finally:
-        # Closing here (not at garbage collection) stops the read-ahead thread and closes the
-        # cursor before the caller's transaction ends, even when the caller stopped early.
-        batches.close()
-    if group:
-        if len(group) > 1:
-            group.sort(key=_sort_key)
-        yield group
+        # Closing here (not at garbage collection) stops the read-ahead thread and ends the
+        # COPY before the caller's transaction ends, even when the caller stopped early.
+        tables.close()
+    if carry is not None:
+        yield carry
+
+
+def problem_starts(table: pa.Table) -> list[int]:
+    """The position of each problem's first row in `table` (ordered by problem id), then the
+    number of rows: problem `i` is rows `starts[i]` to `starts[i + 1]`."""
+    n = table.num_rows
+    if not n:
+        return [0]
+    ids = table.column("problem_id").combine_chunks()
+    changes = pc.indices_nonzero(pc.not_equal(ids.slice(1), ids.slice(0, n - 1)))
+    return [0, *pc.add(changes, 1).to_pylist(), n]
+
+
+def decode_json_lists(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column of JSON texts (null: None) decoded, in one orjson call for the whole column."""
+    texts = pc.fill_null(column, "null").to_pylist()
+    return list(orjson.loads("[" + ",".join(texts) + "]")) if texts else []
 
 
 __all__ = [
+    "CODE_POINT_COLLATION",
+    "STREAM_BATCH",
+    "STREAM_SCHEMA",
     "JobScope",
     "RationaleRow",
     "available_by_verdict",
     "check_selection",
+    "copy_applies",
+    "decode_json_lists",
+    "problem_starts",
     "select_rationales",
-    "stream_problem_groups",
+    "stream_batches",
 ]

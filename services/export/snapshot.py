@@ -2,9 +2,9 @@
 
 Steps, in one read transaction (REPEATABLE READ on Postgres): check the selection (unknown jobs,
 corpora, teachers are bad input), count what is available, load the evaluation sets, then stream
-the rationales problem by problem through decontamination, deduplication and the cap, assign the
-problem's split, and write the rows. Then the dataset card and the manifest are written, and the
-directory is published and recorded.
+the rationales in Arrow batches of whole problems through decontamination, deduplication and
+the cap (each one problem at a time), assign each problem's split, and write the rows. Then the
+dataset card and the manifest are written, and the directory is published and recorded.
 
 Atomicity: everything is written into a hidden temporary directory next to `--out`
 (`.NAME.partial-XXXX`), fsynced, and renamed to `--out` in one `rename(2)` inside the database
@@ -21,9 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,8 @@ from sqlalchemy.orm import Session
 
 from db.queries.snapshots import add_snapshot
 from services.errors import BadInputError
+from services.export.builder import SnapshotBuilder
 from services.export.decontam import Decontaminator, DecontamReport, resolve_eval_sets
-from services.export.filters import FilterCounts, problem_filter
 from services.export.manifest import (
     CARD,
     FORMAT_VERSION,
@@ -48,20 +46,9 @@ from services.export.manifest import (
     render_card,
     schema_json,
 )
-from services.export.query import (
-    JobScope,
-    RationaleRow,
-    available_by_verdict,
-    check_selection,
-    stream_problem_groups,
-)
+from services.export.query import JobScope, available_by_verdict, check_selection, stream_batches
 from services.export.spec import ExportSpec, snapshot_id
-from services.export.splits import split_of
-from services.export.tasks import cascade_rows, end_to_end_rows
-from services.export.writer import LAYOUT_TABLES, TableWriter, WrittenFile, open_writer
-
-# (split, corpus, source split, teacher, mode, verdict, prompt version) -> rows
-TallyKey = tuple[str, str, str, str, str, str, str]
+from services.export.writer import LAYOUT_TABLES
 
 
 def software_versions() -> dict[str, str]:
@@ -71,105 +58,6 @@ def software_versions() -> dict[str, str]:
     except metadata.PackageNotFoundError:
         kpdd = "unknown"
     return {"kpdd": kpdd, "pyarrow": pa.__version__, "orjson": orjson.__version__}
-
-
-@dataclass(slots=True)
-class SnapshotBuilder:
-    """Takes one problem's rationales at a time and writes what survives the filters."""
-
-    spec: ExportSpec
-    root: Path
-    decontaminator: Decontaminator | None
-    decontam: DecontamReport
-    filter_counts: FilterCounts = field(default_factory=FilterCounts)
-    selected: int = 0
-    tally: Counter[TallyKey] = field(default_factory=Counter)
-    problems: Counter[str] = field(default_factory=Counter)
-    writers: dict[str, dict[str, TableWriter]] = field(default_factory=dict)
-    _per_problem: Callable[[list[RationaleRow]], list[RationaleRow]] | None = None
-
-    def __post_init__(self) -> None:
-        spec = self.spec
-        self._per_problem = problem_filter(
-            spec.dedupe, spec.near_duplicate_threshold, spec.max_per_problem, self.filter_counts
-        )
-        self.writers = {
-            split: {
-                table: open_writer(self.root, table, split, spec.format, spec.row_group_size)
-                for table in LAYOUT_TABLES[spec.layout]
-            }
-            for split in spec.splits
-        }
-
-    def add(self, group: list[RationaleRow]) -> None:
-        self.selected += len(group)
-        first = group[0]
-        if self.decontaminator is not None:
-            self.decontam.checked_problems += 1
-            match = self.decontaminator.check(first.question)
-            if match is not None:
-                self.decontam.dropped_rationales += len(group)
-                self.decontam.dropped.append(
-                    {
-                        "problem_id": first.problem_id,
-                        "corpus": first.corpus,
-                        "source_split": first.source_split,
-                        "source_id": first.source_id,
-                        "rationales": len(group),
-                        "dataset": match.dataset,
-                        "eval_id": match.eval_id,
-                        "overlap": round(match.overlap, 4),
-                        "matches": match.matches,
-                    }
-                )
-                return
-        if self._per_problem is not None:
-            group = self._per_problem(group)
-        split = split_of(first.question, self.spec.split_seed, self.spec.val_fraction)
-        self.problems[split] += 1
-        writers = self.writers[split]
-        tally = self.tally
-        for row in group:
-            tally[
-                (split, row.corpus, row.source_split, row.teacher, row.mode, row.verdict, row.prompt_version)
-            ] += 1
-        writers["rationales"].extend([(*row, split) for row in group])
-        if self.spec.layout == "end-to-end":
-            writers["end_to_end"].extend(end_to_end_rows(group, split))
-        else:
-            for table, task_rows in cascade_rows(group, split).items():
-                writers[table].extend(task_rows)
-
-    def close(self) -> list[WrittenFile]:
-        return [w.close() for split in self.spec.splits for w in self.writers[split].values()]
-
-    def counts_json(self) -> dict[str, Any]:
-        def marginal(*positions: int) -> dict[str, int]:
-            out: Counter[str] = Counter()
-            for key, n in self.tally.items():
-                out["/".join(key[p] for p in positions)] += n
-            return dict(sorted(out.items()))
-
-        by_split_rows = marginal(0)
-        return {
-            "rows": sum(self.tally.values()),
-            "problems": sum(self.problems.values()),
-            "by_split": {
-                s: {"rows": by_split_rows.get(s, 0), "problems": self.problems.get(s, 0)}
-                for s in self.spec.splits
-            },
-            "by_corpus": marginal(1),
-            "by_corpus_split": marginal(1, 2),
-            "by_teacher": marginal(3),
-            "by_mode": marginal(4),
-            "by_verdict": marginal(5),
-        }
-
-    def prompt_versions(self) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for key, n in self.tally.items():
-            out[key[6]] += n
-        return dict(sorted(out.items()))
 
 
 @dataclass(slots=True)
@@ -224,12 +112,12 @@ def _build(conn: Connection, spec: ExportSpec, root: Path, datasets_dir: Path) -
         Decontaminator(eval_sets, spec.decontam_ngram, spec.decontam_threshold) if eval_sets else None
     )
     builder = SnapshotBuilder(spec, root, decontaminator, report)
-    groups = stream_problem_groups(conn, spec, jobs)
+    batches = stream_batches(conn, spec, jobs)
     try:
-        for group in groups:
-            builder.add(group)
+        for batch in batches:
+            builder.add(batch)
     finally:
-        groups.close()  # stop reading before the transaction ends, even on an error
+        batches.close()  # stop reading before the transaction ends, even on an error
         written = builder.close()
 
     files: list[dict[str, Any]] = []

@@ -10,6 +10,10 @@ for, so a student's output parses with the same parser as a teacher's.
   `solution` (input: the problem, core question and information; target the `Solution:`
   section): the same inputs the staged teacher prompts send.
 
+Task rows are built for a batch of whole problems at a time, from its columns
+(`KeyPointColumns`); each keeps the position of its rationale in the batch, from which the
+export takes the `rationale_id`, `problem_id`, `teacher`, `mode` and `split` columns.
+
 A rationale contributes a task row only when the key points that row needs are present (with
 `--verdict all`, an unparsed rationale has none). In `cascade`, `core_question` and
 `solving_info` rows that repeat an earlier row of the same problem and mode exactly (same input
@@ -19,9 +23,10 @@ them would only weight those problems more. The `solution` task keeps one row pe
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain, count, repeat
 
-from services.export.query import RationaleRow
 from services.kpdd.formatting import (
     format_core_question,
     format_problem,
@@ -30,65 +35,118 @@ from services.kpdd.formatting import (
 )
 from services.kpdd.records import Solution
 
-TaskRow = tuple[Any, ...]
+CASCADE_TABLES = ("core_question", "solving_info", "solution")
 
 
-def _solution(row: RationaleRow) -> Solution:
-    if row.mode == "pot":
-        return Solution(program=row.solution)
-    return Solution(solution_text=row.solution, final_answer_text=row.final_answer_text)
+@dataclass(slots=True)
+class KeyPointColumns:
+    """What the task rows of one batch of whole problems are made of, as Python lists: per
+    problem its question (problem `i` is rows `starts[i]` to `starts[i + 1]`), per row the key
+    points, the mode and the final answer text."""
+
+    starts: list[int]
+    question: list[str]
+    core_question: list[str | None]
+    solving_info: list[list[str] | None]
+    solution: list[str | None]
+    final_answer_text: list[str | None]
+    mode: list[str]
 
 
-def end_to_end_rows(group: list[RationaleRow], split: str) -> list[TaskRow]:
-    """One `end_to_end` row per rationale of one problem with complete key points."""
-    out: list[TaskRow] = []
-    problem_input: str | None = None
+@dataclass(slots=True)
+class TaskColumns:
+    """Task rows: the row of the batch each comes from (its rationale), its input and target."""
+
+    positions: list[int] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+
+
+def _solution(mode: str, solution: str | None, final_answer_text: str | None) -> Solution:
+    # Positional: (solution_text, final_answer_text, program). Keywords cost a third more, per row.
+    if mode == "pot":
+        return Solution(None, None, solution)
+    return Solution(solution, final_answer_text)
+
+
+def _per_row(kp: KeyPointColumns, per_problem: list[str]) -> Iterator[str]:
+    """Each problem's value repeated for each of its rows."""
+    lengths = [end - start for start, end in zip(kp.starts, kp.starts[1:], strict=False)]
+    return chain.from_iterable(map(repeat, per_problem, lengths))
+
+
+def end_to_end_tasks(kp: KeyPointColumns) -> TaskColumns:
+    """One `end_to_end` row per rationale with complete key points."""
+    out = TaskColumns()
+    positions, inputs, targets = out.positions, out.inputs, out.targets
+    rows = zip(
+        count(),
+        kp.core_question,
+        kp.solving_info,
+        kp.solution,
+        kp.mode,
+        kp.final_answer_text,
+        _per_row(kp, [format_problem(question) for question in kp.question]),
+        strict=False,  # count() is endless
+    )
     # Samples of one problem often share the first two stages: format them once.
-    last_key: tuple[str | None, list[str] | None] = (None, None)
+    last_core: str | None = None
+    last_info: list[str] | None = None
     head = ""
-    for row in group:
-        if not (row.core_question and row.solving_info is not None and row.solution):
+    for i, core_question, solving_info, solution, mode, answer, problem_input in rows:
+        if not (core_question and solving_info is not None and solution):
             continue
-        if problem_input is None:
-            problem_input = format_problem(row.question)
-        if (row.core_question, row.solving_info) != last_key:
-            last_key = (row.core_question, row.solving_info)
-            head = format_core_question(row.core_question) + "\n\n" + format_solving_info(row.solving_info)
+        if core_question != last_core or solving_info != last_info:
+            last_core, last_info = core_question, solving_info
+            head = format_core_question(core_question) + "\n\n" + format_solving_info(solving_info)
         # format_key_points' layout, without building a KeyPoints per row.
-        target = head + "\n\n" + format_solution(_solution(row))
-        out.append((row.rationale_id, row.problem_id, row.teacher, row.mode, problem_input, target, split))
+        positions.append(i)
+        inputs.append(problem_input)
+        targets.append(head + "\n\n" + format_solution(_solution(mode, solution, answer)))
     return out
 
 
-def cascade_rows(group: list[RationaleRow], split: str) -> dict[str, list[TaskRow]]:
-    """The `core_question`, `solving_info` and `solution` rows of one problem."""
-    out: dict[str, list[TaskRow]] = {"core_question": [], "solving_info": [], "solution": []}
-    seen: set[tuple[str, str, str, str]] = set()
-    problem_input: str | None = None
-    for row in group:
-        if not row.core_question:
-            continue
-        if problem_input is None:
-            problem_input = format_problem(row.question)
-        head = (row.rationale_id, row.problem_id, row.teacher, row.mode)
-        target = format_core_question(row.core_question)
-        key = ("core_question", row.mode, problem_input, target)
-        if key not in seen:
-            seen.add(key)
-            out["core_question"].append((*head, problem_input, target, split))
-        if row.solving_info is None:
-            continue
-        info_input = format_problem(row.question, row.core_question)
-        target = format_solving_info(row.solving_info)
-        key = ("solving_info", row.mode, info_input, target)
-        if key not in seen:
-            seen.add(key)
-            out["solving_info"].append((*head, info_input, target, split))
-        if not row.solution:
-            continue
-        solution_input = format_problem(row.question, row.core_question, row.solving_info)
-        out["solution"].append((*head, solution_input, format_solution(_solution(row)), split))
+def cascade_tasks(kp: KeyPointColumns) -> dict[str, TaskColumns]:
+    """The `core_question`, `solving_info` and `solution` rows."""
+    out = {table: TaskColumns() for table in CASCADE_TABLES}
+    core_rows, info_rows, solution_rows = (out[table] for table in CASCADE_TABLES)
+    for problem, question in enumerate(kp.question):
+        seen: set[tuple[str, str, str, str]] = set()
+        problem_input: str | None = None
+        for i in range(kp.starts[problem], kp.starts[problem + 1]):
+            core_question = kp.core_question[i]
+            if not core_question:
+                continue
+            if problem_input is None:
+                problem_input = format_problem(question)
+            mode = kp.mode[i]
+            target = format_core_question(core_question)
+            key = ("core_question", mode, problem_input, target)
+            if key not in seen:
+                seen.add(key)
+                _add(core_rows, i, problem_input, target)
+            solving_info = kp.solving_info[i]
+            if solving_info is None:
+                continue
+            info_input = format_problem(question, core_question)
+            target = format_solving_info(solving_info)
+            key = ("solving_info", mode, info_input, target)
+            if key not in seen:
+                seen.add(key)
+                _add(info_rows, i, info_input, target)
+            solution = kp.solution[i]
+            if not solution:
+                continue
+            solution_input = format_problem(question, core_question, solving_info)
+            target = format_solution(_solution(mode, solution, kp.final_answer_text[i]))
+            _add(solution_rows, i, solution_input, target)
     return out
 
 
-__all__ = ["cascade_rows", "end_to_end_rows"]
+def _add(rows: TaskColumns, position: int, input_text: str, target: str) -> None:
+    rows.positions.append(position)
+    rows.inputs.append(input_text)
+    rows.targets.append(target)
+
+
+__all__ = ["CASCADE_TABLES", "KeyPointColumns", "TaskColumns", "cascade_tasks", "end_to_end_tasks"]

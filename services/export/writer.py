@@ -9,17 +9,21 @@ Tables (one file per table and split, `data/<table>/<split>.parquet` or `.jsonl`
   `solving_info` (problem + core question -> information) and `solution` (problem + core
   question + information -> solution), with the same inputs the staged teacher prompts use.
 
-Reproducibility: rows are buffered and written `row_group_size` at a time, so row-group
-boundaries depend only on the rows; Parquet settings are pinned (format 2.6, zstd level 3,
-dictionary encoding of the low-cardinality columns only, statistics, no page index, no
-timestamps); the only writer-specific bytes are pyarrow's `created_by` string, so files are
-identical for the same rows and the same pyarrow version (recorded in the manifest). JSON
-lines are written with sorted keys, one object per line, UTF-8, `\\n` endings.
+Reproducibility: rows arrive as Arrow tables of any length and are written `row_group_size` at
+a time, each row group as one contiguous chunk per column, so row-group (and page) boundaries
+depend only on the rows, never on how the stream was cut; Parquet settings are pinned (format
+2.6, zstd level 3, dictionary encoding of the low-cardinality columns only, statistics, no page
+index, no timestamps); the only writer-specific bytes are pyarrow's `created_by` string, so
+files are identical for the same rows and the same pyarrow version (recorded in the manifest).
+JSON lines are written with sorted keys, one object per line, UTF-8, `\\n` endings.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,83 +117,146 @@ class WrittenFile:
 
 
 class TableWriter(ABC):
-    """Buffers row tuples (in column order) and writes them `row_group_size` at a time."""
+    """Buffers Arrow tables (columns as in `arrow_schema(table)`) and writes them
+    `row_group_size` rows at a time; a writer that encodes may hand that work to `encoder`."""
 
-    def __init__(self, root: Path, table: str, split: str, format_name: str, row_group_size: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        table: str,
+        split: str,
+        format_name: str,
+        row_group_size: int,
+        encoder: Encoder | None = None,
+    ) -> None:
         self.relative = data_path(table, split, format_name)
         self.path = root / self.relative
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.table = table
         self.split = split
         self.columns = table_columns(table)
+        self.schema = arrow_schema(table)
         self.row_group_size = row_group_size
         self.rows = 0
-        self._buffer: list[tuple[Any, ...]] = []
+        self.encoder = encoder
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
-    def add(self, row: tuple[Any, ...]) -> None:
-        self._buffer.append(row)
-        if len(self._buffer) >= self.row_group_size:
-            self._flush()
+    def write(self, rows: pa.Table) -> None:
+        """Append `rows` (schema `self.schema`) to the file."""
+        if not rows.num_rows:
+            return
+        self._pending.append(rows)
+        self._pending_rows += rows.num_rows
+        while self._pending_rows >= self.row_group_size:
+            self._flush(self.row_group_size)
 
-    def extend(self, rows: list[tuple[Any, ...]]) -> None:
-        self._buffer.extend(rows)
-        if len(self._buffer) >= self.row_group_size:
-            rest = self._buffer[self.row_group_size :]
-            del self._buffer[self.row_group_size :]
-            self._flush()
-            for row in rest:
-                self.add(row)
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self._write_batch(self._buffer)
-            self.rows += len(self._buffer)
-            self._buffer = []
+    def _flush(self, count: int) -> None:
+        pending = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        rest = pending.slice(count)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        self._write_group(pending.slice(0, count))
+        self.rows += count
 
     def close(self) -> WrittenFile:
-        self._flush()
+        if self._pending_rows:
+            self._flush(self._pending_rows)
         self._close()
         return WrittenFile(self.relative, self.table, self.split, self.rows)
 
     @abstractmethod
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write these rows (at most one row group) to the file."""
+    def _write_group(self, rows: pa.Table) -> None:
+        """Write these rows (one row group) to the file."""
 
     @abstractmethod
     def _close(self) -> None:
         """Finish the file (footer, flush)."""
 
 
+class Encoder:
+    """One helper thread that encodes and compresses Parquet row groups (pyarrow releases the GIL
+    there) while the caller prepares the next ones: groups run in submission order, at most
+    `depth` behind. One thread for all the files of an export, so their encoders' scratch memory
+    is reused rather than held once per thread. An encoding error is raised by the next call."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpdd-parquet")
+        self._in_flight: deque[Future[None]] = deque()
+        self._depth = depth
+
+    def submit(self, encode: Callable[[pa.Table], None], rows: pa.Table) -> None:
+        while len(self._in_flight) >= self._depth:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._pool.submit(encode, rows))
+
+    def drain(self) -> None:
+        """Wait for every submitted group (raising the first error)."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown()
+
+
 class ParquetTableWriter(TableWriter):
-    def __init__(self, root: Path, table: str, split: str, format_name: str, row_group_size: int) -> None:
-        super().__init__(root, table, split, format_name, row_group_size)
-        self.schema = arrow_schema(table)
-        self._row_type = pa.struct(list(self.schema))
+    """Encodes row groups through `encoder` (in a helper thread), or in the caller without one."""
+
+    def __init__(
+        self,
+        root: Path,
+        table: str,
+        split: str,
+        format_name: str,
+        row_group_size: int,
+        encoder: Encoder | None = None,
+    ) -> None:
+        super().__init__(root, table, split, format_name, row_group_size, encoder)
         dictionary = [name for name in self.schema.names if name in DICTIONARY_COLUMNS]
         self._writer = pq.ParquetWriter(
             str(self.path), self.schema, use_dictionary=dictionary, **PARQUET_OPTIONS
         )
 
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        # Row tuples convert to one struct array in C++, twice as fast as transposing in Python.
-        batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=self._row_type))
-        self._writer.write_table(pa.Table.from_batches([batch], schema=self.schema), self.row_group_size)
+    def _write_group(self, rows: pa.Table) -> None:
+        if self.encoder is None:
+            self._encode(rows)
+        else:
+            self.encoder.submit(self._encode, rows)
+
+    def _encode(self, rows: pa.Table) -> None:
+        # One chunk per column: the encoder's page boundaries depend on the chunks it is given.
+        self._writer.write_table(rows.combine_chunks(), self.row_group_size)
 
     def _close(self) -> None:
-        self._writer.close()
+        try:
+            if self.encoder is not None:
+                self.encoder.drain()  # this file's groups are among them
+        finally:
+            self._writer.close()
 
 
 class JsonLinesTableWriter(TableWriter):
-    def __init__(self, root: Path, table: str, split: str, format_name: str, row_group_size: int) -> None:
-        super().__init__(root, table, split, format_name, row_group_size)
-        self._names = [name for name, _, _ in self.columns]
+    """Writes in the caller (building the lines is Python work: a thread would not help)."""
+
+    def __init__(
+        self,
+        root: Path,
+        table: str,
+        split: str,
+        format_name: str,
+        row_group_size: int,
+        encoder: Encoder | None = None,
+    ) -> None:
+        super().__init__(root, table, split, format_name, row_group_size, encoder)
         self._file = self.path.open("wb")
 
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        names = self._names
+    def _write_group(self, rows: pa.Table) -> None:
         dumps = orjson.dumps
         option = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
-        self._file.write(b"".join(dumps(dict(zip(names, row, strict=True)), option=option) for row in rows))
+        self._file.write(b"".join(dumps(row, option=option) for row in rows.to_pylist()))
 
     def _close(self) -> None:
         self._file.close()
@@ -198,8 +265,15 @@ class JsonLinesTableWriter(TableWriter):
 WRITERS: dict[str, type[TableWriter]] = {"parquet": ParquetTableWriter, "jsonl": JsonLinesTableWriter}
 
 
-def open_writer(root: Path, table: str, split: str, format_name: str, row_group_size: int) -> TableWriter:
-    return WRITERS[format_name](root, table, split, format_name, row_group_size)
+def open_writer(
+    root: Path,
+    table: str,
+    split: str,
+    format_name: str,
+    row_group_size: int,
+    encoder: Encoder | None = None,
+) -> TableWriter:
+    return WRITERS[format_name](root, table, split, format_name, row_group_size, encoder)
 
 
 def count_rows(path: Path) -> int:
@@ -215,6 +289,7 @@ __all__ = [
     "PARQUET_OPTIONS",
     "RATIONALE_COLUMNS",
     "TASK_COLUMNS",
+    "Encoder",
     "TableWriter",
     "WrittenFile",
     "arrow_schema",

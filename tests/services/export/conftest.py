@@ -90,7 +90,7 @@ def read_rows(root: Path, table: str, split: str = "train") -> list[dict[str, An
     if parquet.exists():
         return list(pq.read_table(parquet).to_pylist())
     jsonl = root / "data" / table / f"{split}.jsonl"
-    return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in jsonl.read_bytes().splitlines()]
 
 
 def snapshot_bytes(root: Path) -> dict[str, bytes]:

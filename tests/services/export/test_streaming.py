@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, text
@@ -15,7 +16,7 @@ from db.engine import get_engine
 from db.models import Snapshot
 from services.export import snapshot as snapshot_module
 from services.export.manifest import verify_snapshot
-from services.export.query import STREAM_BATCH, RationaleRow
+from services.export.query import STREAM_BATCH
 from services.export.snapshot import export_snapshot
 from services.export.spec import ExportSpec
 
@@ -49,13 +50,14 @@ def test_a_failure_mid_stream_leaves_nothing_behind(
     populate(pg_url, PROBLEMS)
     engine = get_engine(pg_url)
     original = snapshot_module.SnapshotBuilder.add
-    seen = {"groups": 0}
+    seen = {"batches": 0}
 
-    def failing_add(self: snapshot_module.SnapshotBuilder, group: list[RationaleRow]) -> None:
-        seen["groups"] += 1
-        if seen["groups"] == 700:
+    # Batches hold whole problems, about STREAM_BATCH rows: fail in the second of four.
+    def failing_add(self: snapshot_module.SnapshotBuilder, batch: pa.Table) -> None:
+        seen["batches"] += 1
+        if seen["batches"] == 2:
             raise OSError("disk full (simulated)")
-        original(self, group)
+        original(self, batch)
 
     monkeypatch.setattr(snapshot_module.SnapshotBuilder, "add", failing_add)
     with pytest.raises(OSError, match="disk full"):
