@@ -141,6 +141,11 @@ class TableWriter(ABC):
         self.encoder = encoder
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._open()
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Open the output file at `self.path` (called once, by the constructor)."""
 
     def write(self, rows: pa.Table) -> None:
         """Append `rows` (schema `self.schema`) to the file."""
@@ -205,16 +210,7 @@ class Encoder:
 class ParquetTableWriter(TableWriter):
     """Encodes row groups through `encoder` (in a helper thread), or in the caller without one."""
 
-    def __init__(
-        self,
-        root: Path,
-        table: str,
-        split: str,
-        format_name: str,
-        row_group_size: int,
-        encoder: Encoder | None = None,
-    ) -> None:
-        super().__init__(root, table, split, format_name, row_group_size, encoder)
+    def _open(self) -> None:
         dictionary = [name for name in self.schema.names if name in DICTIONARY_COLUMNS]
         self._writer = pq.ParquetWriter(
             str(self.path), self.schema, use_dictionary=dictionary, **PARQUET_OPTIONS
@@ -241,16 +237,7 @@ class ParquetTableWriter(TableWriter):
 class JsonLinesTableWriter(TableWriter):
     """Writes in the caller (building the lines is Python work: a thread would not help)."""
 
-    def __init__(
-        self,
-        root: Path,
-        table: str,
-        split: str,
-        format_name: str,
-        row_group_size: int,
-        encoder: Encoder | None = None,
-    ) -> None:
-        super().__init__(root, table, split, format_name, row_group_size, encoder)
+    def _open(self) -> None:
         self._file = self.path.open("wb")
 
     def _write_group(self, rows: pa.Table) -> None:
