@@ -1,4 +1,4 @@
-"""The Celery app and its one task. Start workers with `kpdd worker` (or
+"""The Celery app and its two tasks: generation chunks and training runs. Start workers with `kpdd worker` (or
 `celery -A workers.app worker`); run more of them, on any host pointed at the same Redis and
 Postgres, to scale out.
 
@@ -9,12 +9,20 @@ Every write the task makes is idempotent, so a second delivery finishes what the
 and duplicates nothing. Database or broker outages make the task retry with backoff.
 
 Each worker process builds its own engine, teacher clients, rate limiter and sandbox after the
-fork (`worker_process_init`), never at import time.
+fork (`worker_process_init`), never at import time; a worker that consumes only the training
+queue (`kpdd worker --queues training`) builds none of them.
+
+Training runs (`kpdd.training.run`, queue `kpdd.training`) are acknowledged when received, not
+late: a run lasts far longer than any visibility timeout, and redelivering it would start a
+second launcher. A worker that dies mid-run stops renewing the run's heartbeat instead, and the
+run is marked failed with that reason (`services.training.runs`); `--resume auto` continues it
+from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
@@ -23,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.config import get_settings
 from services.generation.dispatch import DEFAULT_QUEUE, PROCESS_CHUNK_TASK
+from services.training.dispatch import TRAIN_RUN_TASK
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -72,7 +81,8 @@ def _init_process(**_: Any) -> None:
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _runtime = None  # never reuse what the parent built before the fork
-    runtime()
+    if DEFAULT_QUEUE in os.environ.get("KPDD_WORKER_QUEUES", DEFAULT_QUEUE).split(","):
+        runtime()
 
 
 @signals.worker_process_shutdown.connect
@@ -95,3 +105,13 @@ def process_chunk(self: Any, job_id: int, chunk: int) -> None:
     """Process one chunk of a job: ids in, one service call."""
     report = runtime().process_chunk(job_id, chunk)
     log.info("job %s chunk %s: %s", job_id, chunk, report)
+
+
+@app.task(name=TRAIN_RUN_TASK, acks_late=False)
+def train_run(run_id: int) -> None:
+    """Prepare, launch and supervise one training run: ids in, one service call."""
+    from db.engine import get_engine
+    from services.training.runs import execute_run
+
+    state = execute_run(get_engine(get_settings().resolved_database_url), run_id)
+    log.info("training run %s: %s", run_id, state)

@@ -16,21 +16,35 @@ from db.models.generation import (
 )
 from db.models.snapshots import Snapshot
 from db.models.teachers import CALL_STATUSES, REPLAYABLE_STATUSES, TeacherCall
+from db.models.training import (
+    EVAL_STATES,
+    RUN_LIVE_STATES,
+    RUN_STATES,
+    RUN_TERMINAL_STATES,
+    Evaluation,
+    TrainingRun,
+)
 
 __all__ = [
     "CALL_STATUSES",
+    "EVAL_STATES",
     "GOLD_KINDS",
     "JOB_STATUSES",
     "JOB_TERMINAL_STATUSES",
     "PROBLEM_STATES",
     "REPLAYABLE_STATUSES",
+    "RUN_LIVE_STATES",
+    "RUN_STATES",
+    "RUN_TERMINAL_STATES",
     "VERDICTS",
     "Base",
     "Corpus",
+    "Evaluation",
     "GenerationJob",
     "JobProblem",
     "Problem",
     "Rationale",
     "Snapshot",
     "TeacherCall",
+    "TrainingRun",
 ]

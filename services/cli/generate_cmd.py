@@ -25,13 +25,14 @@ from sqlalchemy import Engine
 from services.cli.common import database_engine, print_json
 from services.config import Settings, get_settings
 from services.errors import BadInputError, ConfigError
-from services.generation.dispatch import DEFAULT_QUEUE, CeleryDispatcher
+from services.generation.dispatch import CeleryDispatcher
 from services.generation.execute import Generator
 from services.generation.jobs import cancel_job, create_job, resumable_chunks
 from services.generation.params import GenerateParams, parse_budget, parse_modes
 from services.generation.status import JobStatus, job_status, list_jobs, money
 from services.teachers.registry import build_client
 from services.teachers.spec import parse_option_pairs, parse_spec
+from services.training.dispatch import TRAINING_QUEUE, resolve_queues
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,12 +67,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.set_defaults(handler=run_generate)
 
     worker = sub.add_parser("worker", help="start a Celery worker (needs KPDD_BROKER_URL)")
-    worker.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="worker processes (default 2; 1 for a training-only worker: one run at a time per host)",
+    )
     worker.add_argument(
         "--threads", type=int, help="teacher calls in flight per process (default KPDD_WORKER_THREADS, 16)"
     )
     worker.add_argument(
-        "--queues", default=DEFAULT_QUEUE, help=f"queues to consume (default {DEFAULT_QUEUE})"
+        "--queues",
+        default="generation",
+        help="queues to consume, comma-separated: generation (default), training (GPU hosts: "
+        "runs queued by `kpdd train --submit`), or full Celery queue names",
     )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=run_worker)
@@ -210,10 +218,15 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ConfigError(
             "kpdd worker needs a shared database: set KPDD_DATABASE_URL=postgresql+psycopg://..."
         )
-    if args.concurrency < 1:
+    queues = resolve_queues(args.queues)
+    if not queues:
+        raise BadInputError("--queues: give generation, training or both (generation,training)")
+    concurrency = args.concurrency or (1 if queues == [TRAINING_QUEUE] else 2)
+    if concurrency < 1:
         raise BadInputError("--concurrency: must be at least 1")
     database_engine(settings)  # fail now, with a clear message, if the schema is not migrated
     env = dict(os.environ)
+    env["KPDD_WORKER_QUEUES"] = ",".join(queues)
     if args.threads is not None:
         env["KPDD_WORKER_THREADS"] = str(args.threads)
     argv = [
@@ -224,9 +237,9 @@ def run_worker(args: argparse.Namespace) -> int:
         "workers.app",
         "worker",
         "--concurrency",
-        str(args.concurrency),
+        str(concurrency),
         "--queues",
-        args.queues,
+        ",".join(queues),
         "--loglevel",
         args.loglevel,
         "--pool",

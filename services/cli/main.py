@@ -36,6 +36,10 @@ COMMANDS = {
     "export": "services.cli.export_cmd",
     "snapshots": "services.cli.export_cmd",
     "snapshot": "services.cli.export_cmd",
+    "train": "services.cli.train_cmd",
+    "runs": "services.cli.train_cmd",
+    "run": "services.cli.train_cmd",
+    "eval": "services.cli.eval_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -45,7 +49,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     command (no command, `--help`, a typo: argparse then lists every command)."""
     parser = argparse.ArgumentParser(
         prog="kpdd",
-        description="Key-Point-Driven Distillation: generate, validate and export math rationales.",
+        description="Key-Point-Driven Distillation: generate, validate and export math rationales, "
+        "train and evaluate students.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

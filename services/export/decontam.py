@@ -71,6 +71,9 @@ class EvalSet:
     items: list[tuple[str, str]]  # (item id, question), in source order
     sha256: str
     skipped: int = 0
+    # The gold answer of each item, as the source wrote it (None: the item has none); evaluation
+    # judges students against these, decontamination does not read them.
+    golds: list[str | None] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -90,37 +93,39 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_builtin(name: str, datasets_dir: Path) -> EvalSet:
+def _load_builtin(name: str, datasets_dir: Path, flag: str) -> EvalSet:
     format_name, relative = BUILTIN_EVAL_SETS[name]
     path = datasets_dir / relative
     if not path.exists():
         raise BadInputError(
-            f"--decontaminate {name}: {path} not found; set KPDD_DATASETS_DIR to the folder holding "
+            f"{flag} {name}: {path} not found; set KPDD_DATASETS_DIR to the folder holding "
             "the original corpora (../shared/datasets)"
         )
     items: list[tuple[str, str]] = []
+    golds: list[str | None] = []
     skipped = 0
     for record in get_loader(format_name)(path).iter_problems():
         if isinstance(record, SourceProblem):
             items.append((record.source_id, record.question))
+            golds.append(record.gold_answer)
         else:
             skipped += 1
-    return EvalSet(name, f"datasets/{relative}", items, _file_sha256(path), skipped)
+    return EvalSet(name, f"datasets/{relative}", items, _file_sha256(path), skipped, golds)
 
 
-def _load_corpus(conn: Connection, name: str) -> EvalSet:
+def _load_corpus(conn: Connection, name: str, flag: str) -> EvalSet:
     reference = name.removeprefix(DB_PREFIX)
     corpus_name, _, split = reference.partition("/")
     corpus_id = conn.scalar(select(Corpus.id).where(Corpus.name == corpus_name))
     if corpus_id is None:
         known = ", ".join(conn.scalars(select(Corpus.name).order_by(Corpus.name))) or "none"
         raise BadInputError(
-            f"--decontaminate {name}: not an evaluation set ({', '.join(BUILTIN_EVAL_SETS)}) nor an "
+            f"{flag} {name}: not an evaluation set ({', '.join(BUILTIN_EVAL_SETS)}) nor an "
             f"ingested corpus (corpora: {known}); give one of these, or CORPUS/SPLIT"
         )
-    stmt = select(Problem.split, Problem.source_id, Problem.question, Problem.content_hash).where(
-        Problem.corpus_id == corpus_id
-    )
+    stmt = select(
+        Problem.split, Problem.source_id, Problem.question, Problem.content_hash, Problem.gold_answer
+    ).where(Problem.corpus_id == corpus_id)
     if split:
         stmt = stmt.where(Problem.split == split)
     rows = conn.execute(stmt.order_by(Problem.id)).all()
@@ -128,25 +133,28 @@ def _load_corpus(conn: Connection, name: str) -> EvalSet:
         splits = ", ".join(
             conn.scalars(select(Problem.split).where(Problem.corpus_id == corpus_id).distinct())
         )
-        raise BadInputError(
-            f"--decontaminate {name}: corpus {corpus_name!r} has no split {split!r} ({splits})"
-        )
+        raise BadInputError(f"{flag} {name}: corpus {corpus_name!r} has no split {split!r} ({splits})")
     digest = hashlib.sha256()
     items = []
+    golds: list[str | None] = []
     for row in rows:
         items.append((f"{row.split}/{row.source_id}", str(row.question)))
+        golds.append(row.gold_answer)
         digest.update(f"{row.split}/{row.source_id}\x1f{row.content_hash}\n".encode())
-    return EvalSet(name, f"corpus {reference}", items, digest.hexdigest())
+    return EvalSet(name, f"corpus {reference}", items, digest.hexdigest(), golds=golds)
 
 
-def resolve_eval_sets(names: tuple[str, ...], datasets_dir: Path, conn: Connection) -> list[EvalSet]:
-    """Load every named evaluation set, in the given order; BadInputError for an unknown name."""
+def resolve_eval_sets(
+    names: tuple[str, ...], datasets_dir: Path, conn: Connection, flag: str = "--decontaminate"
+) -> list[EvalSet]:
+    """Load every named evaluation set, in the given order; BadInputError for an unknown name,
+    naming `flag` (the option the names came from)."""
     sets = []
     for name in names:
         if name in BUILTIN_EVAL_SETS:
-            sets.append(_load_builtin(name, datasets_dir))
+            sets.append(_load_builtin(name, datasets_dir, flag))
         else:
-            sets.append(_load_corpus(conn, name))
+            sets.append(_load_corpus(conn, name, flag))
     return sets
 
 
