@@ -134,7 +134,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"seed of the split hash (default {DEFAULT_SPLIT_SEED})",
     )
     export.add_argument("--format", default="parquet", choices=FORMATS)
-    export.add_argument("--layout", default="end-to-end", choices=LAYOUTS)
+    export.add_argument(
+        "--layout",
+        default="end-to-end",
+        choices=LAYOUTS,
+        help="student task tables beside `rationales`: end-to-end (default; `end_to_end`), "
+        "two-stage (`key_points`, then `solution`) or cascade (`core_question`, `solving_info`, "
+        "`solution`); every input starts with a line `[TASK | KPDD-CoT]` or `[TASK | KPDD-PoT]`",
+    )
     export.add_argument(
         "--row-group-size",
         type=int,

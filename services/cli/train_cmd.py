@@ -76,6 +76,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="evaluate the final model on these sets afterwards, e.g. gsm8k-test,svamp",
     )
     train.add_argument("--eval-limit", type=int, help="items per evaluation set (default all)")
+    train.add_argument(
+        "--eval-mode",
+        choices=("cot", "pot"),
+        help="solution to evaluate (needed when the snapshot has both CoT and PoT)",
+    )
     train.add_argument("--submit", action="store_true", help="queue on the Celery training queue")
     train.add_argument("--json", action="store_true", help="print the run as one JSON document")
     train.set_defaults(handler=run_train)
@@ -117,6 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         eval_datasets=args.eval_datasets,
         eval_limit=args.eval_limit,
+        eval_mode=args.eval_mode,
     )
     run_id = create_run(engine, request, data_dir=settings.data_dir, submitted=args.submit)
     if args.submit:
@@ -134,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
         _say(args, f"run {run_id} queued on the training queue; follow it with `kpdd run show {run_id}`")
     else:
         _say(args, f"run {run_id}: preparing")
-        state = execute_run(engine, run_id)
+        state = execute_run(engine, run_id, echo=True)
         _say(args, f"run {run_id}: {state}")
     return _show(engine, run_id, args.json, exit_on_failure=not args.submit)
 

@@ -6,7 +6,8 @@
 - `filters`: per-problem exact/near-duplicate removal and the cap.
 - `decontam`: n-gram overlap against evaluation sets, with a report of every dropped problem.
 - `splits`: the per-problem split rule.
-- `tasks`: student task rows (end-to-end, cascade) in the KPDD answer format.
+- `tasks`: student task rows (end-to-end, two-stage, cascade) in the KPDD answer format, each
+  input headed by its task and mode.
 - `writer`: Parquet / JSON-lines files with fixed schemas, in row groups.
 - `manifest`: `manifest.json`, the dataset card, `verify_snapshot`.
 - `builder`: one batch at a time through the filters, the split, the counts and the writers.

@@ -24,7 +24,7 @@ from services.export.filters import FilterCounts, problem_filter
 from services.export.query import STREAM_SCHEMA, RationaleRow, decode_json_lists, problem_starts
 from services.export.spec import ExportSpec
 from services.export.splits import TRAIN, split_of
-from services.export.tasks import KeyPointColumns, TaskColumns, cascade_tasks, end_to_end_tasks
+from services.export.tasks import KeyPointColumns, TaskColumns, build_tasks
 from services.export.writer import LAYOUT_TABLES, Encoder, TableWriter, WrittenFile, arrow_schema, open_writer
 
 # (split, corpus, source split, teacher, mode, verdict, prompt version) -> rows
@@ -33,7 +33,7 @@ TALLY_COLUMNS = ("split", "corpus", "source_split", "teacher", "mode", "verdict"
 TALLY_EVERY = 50_000
 
 _RATIONALES = arrow_schema("rationales")
-_TASKS = arrow_schema("end_to_end")
+_TASKS = arrow_schema("end_to_end")  # every task table has the same columns
 _SOLVING_INFO = _RATIONALES.get_field_index("solving_info")
 _SOLVING_INFO_TYPE = _RATIONALES.field("solving_info").type
 
@@ -106,11 +106,7 @@ class SnapshotBuilder:
             batch.column("final_answer_text").to_pylist(),
             batch.column("mode").to_pylist(),
         )
-        if self.spec.layout == "end-to-end":
-            tasks = {"end_to_end": end_to_end_tasks(key_points)}
-        else:
-            tasks = cascade_tasks(key_points)
-        for table, rows in tasks.items():
+        for table, rows in build_tasks(self.spec.layout, key_points).items():
             tables[table] = _task_table(rationales, rows)
         self._write(tables)
 

@@ -2,8 +2,9 @@
 
 `manifest.json` is the machine-readable record of a snapshot: the snapshot id, the exact filter
 specification, counts by split, corpus, teacher, mode and verdict, what each filter dropped, the
-prompt versions, the decontamination report, the column schema of every table, and for every
-file (data files and the card) its path, role, row count, size and sha256. It holds no
+prompt versions, the decontamination report, the student input format (`student_inputs`: its
+version, the header line's shape, each task table's task), the column schema of every table, and
+for every file (data files and the card) its path, role, row count, size and sha256. It holds no
 wall-clock time and no absolute path, so the whole directory (manifest included) is identical
 for the same database state and filters; the export's time and place are in the database row.
 
@@ -22,7 +23,14 @@ from typing import Any
 
 from services.errors import BadInputError
 from services.export.spec import canonical_json, snapshot_id
-from services.export.writer import table_columns
+from services.export.writer import TASK_TEXTS, table_columns
+from services.kpdd.formatting import (
+    LAYOUT_TASKS,
+    STUDENT_HEADER_PATTERN,
+    STUDENT_INPUT_VERSION,
+    student_header,
+    task_table,
+)
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -55,6 +63,16 @@ def schema_json(tables: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
             {"name": name, "type": str(kind), "description": doc} for name, kind, doc in table_columns(table)
         ]
         for table in tables
+    }
+
+
+def student_inputs_json(layout: str) -> dict[str, Any]:
+    """The manifest's `student_inputs`: the version of the student input format, the shape of
+    the header line every input starts with, and the task of each task table of the layout."""
+    return {
+        "format_version": STUDENT_INPUT_VERSION,
+        "header": STUDENT_HEADER_PATTERN,
+        "tasks": {task_table(task): task for task in LAYOUT_TASKS[layout]},
     }
 
 
@@ -186,6 +204,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         ]
     else:
         lines += ["None requested: this snapshot was not checked against evaluation sets.", ""]
+    lines += _student_tasks(spec["layout"], manifest["student_inputs"])
     lines += ["## Files", ""]
     lines += _table(
         ["path", "rows", "sha256"],
@@ -229,6 +248,32 @@ def render_card(manifest: dict[str, Any]) -> str:
         licence = next((v for k, v in CORPUS_LICENCES.items() if corpus.lower().startswith(k)), None)
         lines.append(f"- `{corpus}`: {licence or 'see the source of this corpus'}")
     return "\n".join(lines) + "\n"
+
+
+def _student_tasks(layout: str, student_inputs: dict[str, Any]) -> list[str]:
+    tasks = LAYOUT_TASKS[layout]
+    first = tasks[0]
+    lines = [
+        "## Student tasks",
+        "",
+        f"Layout `{layout}` has the task table{'s' if len(tasks) > 1 else ''} "
+        + ", then ".join(f"`{task_table(task)}`" for task in tasks)
+        + (
+            " (in inference order: each task's output is part of the next one's input)."
+            if len(tasks) > 1
+            else "."
+        ),
+        f"Every `input` starts with a header line naming its task and the solution wanted, "
+        f"`{student_inputs['header']}` (e.g. `{student_header(first, 'cot')}` or "
+        f"`{student_header(first, 'pot')}`; input format version {student_inputs['format_version']}), "
+        "then the body in the format of the teacher prompts: `Problem:` and the question, then the "
+        "earlier tasks' outputs the task is given (table below). "
+        "Targets are the matching part of the KPDD answer format, so a student's output parses "
+        "with the teachers' parser.",
+        "",
+    ]
+    rows = [[f"`{task_table(task)}`", f"`{task}`", *TASK_TEXTS[task]] for task in tasks]
+    return [*lines, *_table(["table", "task", "input (after the header)", "target"], rows), ""]
 
 
 def _inline_counts(counts: dict[str, int]) -> str:
@@ -324,5 +369,6 @@ __all__ = [
     "manifest_digest",
     "render_card",
     "schema_json",
+    "student_inputs_json",
     "verify_snapshot",
 ]

@@ -45,6 +45,7 @@ from services.export.manifest import (
     manifest_digest,
     render_card,
     schema_json,
+    student_inputs_json,
 )
 from services.export.query import JobScope, available_by_verdict, check_selection, stream_batches
 from services.export.spec import ExportSpec, snapshot_id
@@ -151,6 +152,7 @@ def _build(conn: Connection, spec: ExportSpec, root: Path, datasets_dir: Path) -
         },
         "prompt_versions": builder.prompt_versions(),
         "decontamination": report.to_json(),
+        "student_inputs": student_inputs_json(spec.layout),
         "schema": schema_json(LAYOUT_TABLES[spec.layout]),
         "software": software_versions(),
         "files": files,

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import BadInputError
+from services.kpdd.formatting import LAYOUT_TASKS
 from services.teachers.spec import parse_spec
 
 SPEC_VERSION = 1
 MODES = ("cot", "pot")
 VERDICT_CHOICES = ("valid", "all")
 FORMATS = ("parquet", "jsonl")
-LAYOUTS = ("end-to-end", "cascade")
+# end-to-end, two-stage, cascade: the layouts of student tasks (`formatting.LAYOUT_TASKS`).
+LAYOUTS = tuple(LAYOUT_TASKS)
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.8
 DEFAULT_DECONTAM_NGRAM = 10

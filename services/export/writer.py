@@ -3,11 +3,11 @@
 Tables (one file per table and split, `data/<table>/<split>.parquet` or `.jsonl`):
 
 - `rationales`: one row per exported rationale, every layout (`RATIONALE_COLUMNS`).
-- layout `end-to-end`: `end_to_end`, one row per rationale whose key points are complete: the
-  input is the problem, the target all three stages in the KPDD answer format.
-- layout `cascade`: the three student tasks, `core_question` (problem -> core question),
-  `solving_info` (problem + core question -> information) and `solution` (problem + core
-  question + information -> solution), with the same inputs the staged teacher prompts use.
+- one table per student task of the layout (`formatting.LAYOUT_TASKS`, table names by
+  `formatting.task_table`), all with `TASK_COLUMNS`: layout `end-to-end`: `end_to_end`;
+  `two-stage`: `key_points`, `solution`; `cascade`: `core_question`, `solving_info`,
+  `solution` (see `tasks`). Every input starts with the header line `[TASK | KPDD-CoT]` or
+  `[TASK | KPDD-PoT]`.
 
 Reproducibility: rows arrive as Arrow tables of any length and are written `row_group_size` at
 a time, each row group as one contiguous chunk per column, so row-group (and page) boundaries
@@ -31,6 +31,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from services.kpdd.formatting import LAYOUT_TASKS, STUDENT_TASKS, student_header, task_table
 
 # (name, Arrow type, description for the dataset card). The order is the files' column order and
 # the order of `query.RationaleRow` plus the trailing `split`.
@@ -72,10 +74,25 @@ TASK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("target", pa.string(), "what the student learns to write"),
     ("split", pa.string(), "snapshot split: train | validation"),
 ]
-
+_PROBLEM = "`Problem:` and the question"
+# Task -> (its input, its target), for the column descriptions of its table.
+TASK_TEXTS: dict[str, tuple[str, str]] = {
+    "end-to-end": (
+        _PROBLEM,
+        "the complete answer: `Core question:`, `Problem-solving information:` list, `Solution:`",
+    ),
+    "key-points": (_PROBLEM, "`Core question: ...` and the `Problem-solving information:` list"),
+    "core-question": (_PROBLEM, "`Core question: ...`"),
+    "solving-info": (f"{_PROBLEM}, `Core question: ...`", "the `Problem-solving information:` list"),
+    "solution": (
+        f"{_PROBLEM}, `Core question: ...`, the `Problem-solving information:` list",
+        "the `Solution:` section: CoT steps and `The answer is: ...` (cot), or a Python program "
+        "storing `ans` in a python code fence (pot)",
+    ),
+}
+TABLE_TASKS = {task_table(task): task for task in STUDENT_TASKS}
 LAYOUT_TABLES: dict[str, tuple[str, ...]] = {
-    "end-to-end": ("rationales", "end_to_end"),
-    "cascade": ("rationales", "core_question", "solving_info", "solution"),
+    layout: ("rationales", *map(task_table, tasks)) for layout, tasks in LAYOUT_TASKS.items()
 }
 # Low-cardinality columns are dictionary-encoded; long free text (questions, solutions,
 # targets) is not: a dictionary there is built only to be thrown away, which costs time.
@@ -96,7 +113,17 @@ EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl"}
 
 
 def table_columns(table: str) -> list[tuple[str, pa.DataType, str]]:
-    return RATIONALE_COLUMNS if table == "rationales" else TASK_COLUMNS
+    """A table's columns; a task table's `input` and `target` are described for its task."""
+    if table == "rationales":
+        return RATIONALE_COLUMNS
+    task = TABLE_TASKS[table]
+    input_text, target_text = TASK_TEXTS[task]
+    described = {
+        "input": f"what the student reads: the line `{student_header(task, 'cot')}` or "
+        f"`{student_header(task, 'pot')}`, then {input_text}",
+        "target": f"what the student learns to write: {target_text}",
+    }
+    return [(name, kind, described.get(name, doc)) for name, kind, doc in TASK_COLUMNS]
 
 
 def arrow_schema(table: str) -> pa.Schema:
@@ -275,7 +302,9 @@ __all__ = [
     "LAYOUT_TABLES",
     "PARQUET_OPTIONS",
     "RATIONALE_COLUMNS",
+    "TABLE_TASKS",
     "TASK_COLUMNS",
+    "TASK_TEXTS",
     "Encoder",
     "TableWriter",
     "WrittenFile",

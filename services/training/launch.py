@@ -14,6 +14,8 @@ else a failure) and the files it writes into the run directory:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -207,7 +209,11 @@ def supervise(
     stop_reason: str | None = None
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd()
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads are started before exec)
         )
         on_start(proc.pid)
         try:
@@ -223,6 +229,8 @@ def supervise(
         except BaseException:
             _stop_group(proc)
             raise
+        finally:
+            _kill_leftovers(proc.pid)
     reader.read(progress)
     progress.status = read_status(run_dir) or progress.status
     progress.total_steps = progress.status.get("total_steps", progress.total_steps)
@@ -243,6 +251,21 @@ def supervise(
     if tail:
         reason += f"; last lines of {log_path}:\n{tail}"
     return Outcome("failed", reason, progress)
+
+
+def _die_with_parent() -> None:
+    """In the launcher, before exec: SIGTERM when the supervising process dies (Linux), so a
+    killed worker never leaves a launcher training on its own. DeepSpeed's launcher passes the
+    signal on to its processes."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """After the launcher exited: what is left of its process group (ranks whose launcher was
+    killed outright) is killed, so nothing of a finished run goes on holding GPUs or ports."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:

@@ -33,6 +33,8 @@ from services.training import launch
 log = logging.getLogger(__name__)
 
 RUN_HEARTBEAT_TIMEOUT_S = 120.0
+# The `--eval-*` options of `kpdd train`, stored in the run's metrics document.
+_EVAL_KEYS = ("eval_limit", "eval_mode")
 HEARTBEAT_INTERVAL_S = 2.0
 
 
@@ -49,6 +51,7 @@ class TrainRequest:
     run_dir: Path | None = None
     eval_datasets: list[str] = field(default_factory=list)
     eval_limit: int | None = None
+    eval_mode: str | None = None
 
 
 def verified_snapshot(path: Path) -> dict[str, Any]:
@@ -104,7 +107,12 @@ def create_run(engine: Engine, request: TrainRequest, *, data_dir: Path, submitt
             resume=request.resume,
             eval_datasets=list(request.eval_datasets),
             submitted=submitted,
-            metrics={"eval_limit": request.eval_limit} if request.eval_limit else {},
+            # Evaluation options, kept in the metrics document (see `_EVAL_KEYS`).
+            metrics={
+                key: value
+                for key, value in (("eval_limit", request.eval_limit), ("eval_mode", request.eval_mode))
+                if value is not None
+            },
         )
         run_dir = (request.run_dir or data_dir / "runs" / f"run-{run.id}").resolve()
         q.update_run(session, run.id, run_dir=str(run_dir))
@@ -124,9 +132,10 @@ def _load(engine: Engine, run_id: int) -> TrainingRun:
         return run
 
 
-def execute_run(engine: Engine, run_id: int) -> str:
+def execute_run(engine: Engine, run_id: int, *, echo: bool = False) -> str:
     """Prepare, launch and supervise a recorded run; returns its terminal state. A queued run is
-    claimed first: if another worker has it, or it was cancelled, nothing is done."""
+    claimed first: if another worker has it, or it was cancelled, nothing is done. `echo` shows
+    the evaluation's table (when the run asks for one) on stderr."""
     run = _load(engine, run_id)
     host = socket.gethostname()
     with session_scope(engine) as session:
@@ -139,7 +148,7 @@ def execute_run(engine: Engine, run_id: int) -> str:
             return run.state
         q.heartbeat(session, run_id, _now(), worker_host=host)
     try:
-        return _prepare_and_launch(engine, run)
+        return _prepare_and_launch(engine, run, echo=echo)
     except KpddError as exc:
         _end(engine, run_id, "failed", str(exc))
         raise
@@ -156,7 +165,7 @@ def _end(engine: Engine, run_id: int, state: str, reason: str | None, **fields: 
         q.set_run_state(session, run_id, state, reason=reason, **fields)
 
 
-def _prepare_and_launch(engine: Engine, run: TrainingRun) -> str:
+def _prepare_and_launch(engine: Engine, run: TrainingRun, *, echo: bool) -> str:
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     verified_snapshot(Path(run.snapshot_path))
@@ -187,7 +196,7 @@ def _prepare_and_launch(engine: Engine, run: TrainingRun) -> str:
     argv = launch.launcher_command(
         run_dir, num_gpus=run.num_gpus, hostfile=hostfile, resume=run.resume, master_port=launch.free_port()
     )
-    kept = {key: run.metrics[key] for key in ("eval_limit",) if key in run.metrics}
+    kept = {key: run.metrics[key] for key in _EVAL_KEYS if key in run.metrics}
     outcome = launch.supervise(
         argv,
         run_dir,
@@ -205,11 +214,11 @@ def _prepare_and_launch(engine: Engine, run: TrainingRun) -> str:
         return "cancelled"
     _end(engine, run.id, outcome.state, outcome.reason, **fields)
     if outcome.state == "succeeded" and run.eval_datasets and final_dir:
-        _evaluate_after(engine, run, Path(final_dir))
+        _evaluate_after(engine, run, Path(final_dir), echo=echo)
     return outcome.state
 
 
-def _evaluate_after(engine: Engine, run: TrainingRun, final_dir: Path) -> None:
+def _evaluate_after(engine: Engine, run: TrainingRun, final_dir: Path, *, echo: bool) -> None:
     """The evaluation asked for with `kpdd train --eval`: its failure is the evaluation's, not
     the run's (the model is trained and saved)."""
     from services.training.evaluation import EvalRequest, run_evaluation
@@ -218,18 +227,19 @@ def _evaluate_after(engine: Engine, run: TrainingRun, final_dir: Path) -> None:
         model_dir=final_dir,
         datasets=list(run.eval_datasets),
         limit=run.metrics.get("eval_limit"),
+        mode=run.metrics.get("eval_mode"),
         run_id=run.id,
         out_dir=Path(run.run_dir) / "eval",
     )
     try:
-        run_evaluation(engine, request)
+        run_evaluation(engine, request, echo=echo)
     except KpddError as exc:
         log.error("run %s: evaluation failed: %s", run.id, exc)
 
 
 def _progress_fields(progress: launch.Progress, kept: dict[str, Any]) -> dict[str, Any]:
     """The run columns a progress report sets; `kept` are metrics entries recorded at creation
-    (the evaluation's `--eval-limit`)."""
+    (the evaluation's options)."""
     last = progress.last
     return {
         "step": progress.step,
