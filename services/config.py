@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         default=None,
         description="A JSON price table whose entries override the shipped services/teachers/prices.json.",
     )
+    run_heartbeat_timeout_s: float = Field(
+        default=120.0,
+        ge=5,
+        description="Seconds without a heartbeat after which a preparing or running training run is "
+        "marked failed (its supervising process was killed or its host went away).",
+    )
     teacher_timeout_s: float = Field(
         default=120.0, gt=0, le=3600, description="Seconds one teacher HTTP request may take."
     )

@@ -8,7 +8,7 @@ claims the run (one worker only), resolves the config (`training.prepare`: bad c
 fails with the message), starts the DeepSpeed launcher, renews the run's heartbeat while it
 streams step, loss, tokens/s, MFU and memory into the row, and ends the run in a terminal state
 that says why. A supervisor killed outright stops sending heartbeats, and the listing marks its
-run failed (`RUN_HEARTBEAT_TIMEOUT_S`), so no run stays `running` forever.
+run failed (`KPDD_RUN_HEARTBEAT_TIMEOUT_S`), so no run stays `running` forever.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from sqlalchemy import Engine
 from db.engine import session_scope
 from db.models import TrainingRun
 from db.queries import training as q
+from services.config import get_settings
 from services.errors import BadInputError, KpddError, RunFailure
 from services.export.manifest import MANIFEST, verify_snapshot
 from services.training import launch
 
 log = logging.getLogger(__name__)
 
-RUN_HEARTBEAT_TIMEOUT_S = 120.0
 # The `--eval-*` options of `kpdd train`, stored in the run's metrics document.
 _EVAL_KEYS = ("eval_limit", "eval_mode")
 HEARTBEAT_INTERVAL_S = 2.0
@@ -283,7 +283,7 @@ def cancel_run(engine: Engine, run_id: int) -> bool:
 
 def reap_stale(engine: Engine) -> list[int]:
     with session_scope(engine) as session:
-        return q.fail_stale_runs(session, _now(), RUN_HEARTBEAT_TIMEOUT_S)
+        return q.fail_stale_runs(session, _now(), get_settings().run_heartbeat_timeout_s)
 
 
 def run_to_json(run: TrainingRun, evaluations: list[Any] | None = None) -> dict[str, Any]:
