@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from db.models import Problem, Rationale, Snapshot
-from services.kpdd.formatting import format_problem
+from services.kpdd.formatting import format_student_input
 from tests.conftest import CliResult
 from tests.services.export.conftest import read_manifest, read_rows, snapshot_bytes
 
@@ -63,6 +63,11 @@ def test_export_writes_a_verified_snapshot_and_records_it(
     assert manifest["spec"]["select"]["verdict"] == "valid"
     assert manifest["decontamination"]["datasets"] == [] and manifest["decontamination"]["dropped"] == []
     assert set(manifest["schema"]) == {"rationales", "end_to_end"}
+    assert manifest["student_inputs"] == {
+        "format_version": 2,
+        "header": "[TASK | KPDD-CoT|KPDD-PoT]",
+        "tasks": {"end_to_end": "end-to-end"},
+    }
 
     # Every file is listed with its true hash and row count, and nothing else is there.
     listed = {f["path"]: f for f in manifest["files"]}
@@ -95,7 +100,7 @@ def test_export_writes_a_verified_snapshot_and_records_it(
     by_id = {r["rationale_id"]: r for r in rows}
     for task in read_rows(out, "end_to_end"):
         source = by_id[task["rationale_id"]]
-        assert task["input"] == format_problem(source["question"])
+        assert task["input"] == format_student_input("end-to-end", source["mode"], source["question"])
         assert task["target"].startswith(f"Core question: {source['core_question']}")
         assert "\n\nProblem-solving information:\n- " in task["target"]
         assert ("```python" in task["target"]) == (source["mode"] == "pot")
@@ -133,6 +138,8 @@ def test_same_state_and_filters_give_byte_identical_snapshots(
     flags = [
         ["--dedupe", "--max-per-problem", "1", "--decontaminate", "gsm8k-test", "--val-fraction", "0.5"],
         ["--layout", "cascade", "--format", "jsonl", "--verdict", "all"],
+        ["--layout", "two-stage", "--verdict", "all", "--val-fraction", "0.5"],
+        ["--layout", "two-stage", "--format", "jsonl", "--dedupe", "--max-per-problem", "1"],
     ]
     ids = []
     for i, extra in enumerate(flags):
@@ -141,9 +148,9 @@ def test_same_state_and_filters_give_byte_identical_snapshots(
         assert kpdd("export", "--out", second, *extra).code == 0
         assert snapshot_bytes(first) == snapshot_bytes(second)  # manifest and card included
         ids.append(read_manifest(first)["snapshot_id"])
-    assert ids[0] != ids[1]
+    assert len(set(ids)) == len(ids)
     listing = orjson.loads(kpdd("snapshots", "--json").out)["snapshots"]
-    assert sorted(s["snapshot_id"] for s in listing) == sorted([ids[0], ids[0], ids[1], ids[1]])
+    assert sorted(s["snapshot_id"] for s in listing) == sorted(ids * 2)
 
 
 def test_selection_by_corpus_teacher_mode_verdict_and_job(

@@ -19,7 +19,7 @@ from db.models import Corpus, Problem, Rationale
 from services.cli.main import main
 from services.export import query as query_module
 from services.export.snapshot import export_snapshot
-from services.export.spec import ExportSpec
+from services.export.spec import LAYOUTS, ExportSpec
 from tests.conftest import CliResult
 from tests.services.export.conftest import read_manifest, read_rows, snapshot_bytes
 
@@ -176,7 +176,7 @@ def test_every_value_arrives_exactly_and_in_code_point_order(
         assert read_rows(out, "rationales") == expected
 
 
-@pytest.mark.parametrize("layout", ["end-to-end", "cascade"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_copy_path_and_the_general_path_write_the_same_bytes(
     layout: str,
     pg_url: str,
@@ -209,8 +209,9 @@ def test_the_copy_path_and_the_general_path_write_the_same_bytes(
             layout="cascade",
             row_group_size=1_000,
         ),
+        ExportSpec(verdict="all", dedupe=True, val_fraction=0.3, layout="two-stage", row_group_size=1_000),
     ],
-    ids=["defaults", "every-filter"],
+    ids=["defaults", "every-filter", "two-stage"],
 )
 def test_any_block_size_writes_the_same_bytes(
     spec: ExportSpec, pg_url: str, tmp_path: Path, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
