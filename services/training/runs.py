@@ -305,6 +305,7 @@ def run_to_json(run: TrainingRun, evaluations: list[Any] | None = None) -> dict[
         "world_size": run.world_size,
         "submitted": run.submitted,
         "worker_host": run.worker_host,
+        "launcher_pid": run.launcher_pid,
         "run_dir": run.run_dir,
         "step": run.step,
         "total_steps": run.total_steps,
