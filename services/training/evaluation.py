@@ -23,9 +23,9 @@ from sqlalchemy import Engine
 from db.engine import session_scope
 from db.queries import training as q
 from services.config import get_settings
-from services.errors import BadInputError, ConfigError, RunFailure
+from services.errors import BadInputError, RunFailure
 from services.export.decontam import resolve_eval_sets
-from services.training.launch import child_error, missing_stack
+from services.training.launch import raise_for_child
 
 DEFAULT_DATASETS = ("gsm8k-test", "svamp", "asdiv", "multiarith")
 
@@ -122,16 +122,7 @@ def _run_child(request: EvalRequest, items: Path, out_dir: Path, *, echo: bool) 
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if echo and proc.stderr:
         sys.stderr.write(proc.stderr)
-    if proc.returncode != 0:
-        if missing_stack(proc.stderr):
-            raise ConfigError(
-                "kpdd eval needs the training stack: "
-                "`pip install torch==2.13.0 && pip install --no-build-isolation -e '.[train]'`"
-            )
-        message = child_error(proc.stderr)
-        if proc.returncode == 2:
-            raise BadInputError(message)
-        raise RunFailure(f"evaluation failed (exit {proc.returncode}): {message}")
+    raise_for_child(proc.returncode, proc.stderr, "kpdd eval (training.evaluate)")
     try:
         results: dict[str, Any] = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError) as exc:

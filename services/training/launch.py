@@ -38,13 +38,13 @@ def _python() -> str:
     return sys.executable
 
 
-def missing_stack(stderr: str) -> bool:
+def _missing_stack(stderr: str) -> bool:
     return "ModuleNotFoundError" in stderr and any(
         f"No module named '{name}" in stderr for name in ("torch", "transformers", "deepspeed", "yaml")
     )
 
 
-def child_error(stderr: str) -> str:
+def _child_error(stderr: str) -> str:
     """The one-line error a child printed (`kpdd: error: ...`), or its last lines."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     for line in reversed(lines):
@@ -56,22 +56,30 @@ def child_error(stderr: str) -> str:
 def run_child(argv: Sequence[str], what: str) -> dict[str, Any]:
     """Run a `training.*` program that prints one JSON document; map its exit code to our errors."""
     proc = subprocess.run([_python(), *argv], capture_output=True, text=True, check=False)
-    if proc.returncode == 0:
-        try:
-            document: dict[str, Any] = json.loads(proc.stdout)
-        except ValueError:
-            raise RunFailure(f"{what} printed no JSON document: {proc.stdout[-500:]!r}") from None
-        return document
-    if missing_stack(proc.stderr):
+    raise_for_child(proc.returncode, proc.stderr, what)
+    try:
+        document: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        raise RunFailure(f"{what} printed no JSON document: {proc.stdout[-500:]!r}") from None
+    return document
+
+
+def raise_for_child(returncode: int, stderr: str, what: str) -> None:
+    """Map a `training.*` child's exit to our errors: 2 is bad input (its `kpdd: error:` line),
+    a missing training stack is a config error saying what to install, anything else non-zero a
+    failure with the child's last lines."""
+    if returncode == 0:
+        return
+    if _missing_stack(stderr):
         raise ConfigError(
             f"{what} needs the training stack: install it with "
             "`pip install torch==2.13.0 && pip install --no-build-isolation -e '.[train]'` "
             "(GPU hosts: see README, Training on GPUs)"
         )
-    message = child_error(proc.stderr)
-    if proc.returncode == 2:
+    message = _child_error(stderr)
+    if returncode == 2:
         raise BadInputError(message)
-    raise RunFailure(f"{what} failed (exit {proc.returncode}): {message}")
+    raise RunFailure(f"{what} failed (exit {returncode}): {message}")
 
 
 def hostfile_slots(text: str, source: str) -> int:
