@@ -45,7 +45,8 @@ class ModelConfig:
     path: str | None = None
     """Local Hugging Face model directory (weights and tokenizer; never downloaded), or null to
     build a model with random weights from the size fields below and a tokenizer trained on the
-    snapshot (`data.tokenizer_vocab_size`)."""
+    snapshot (`data.tokenizer_vocab_size`). A checkpoint keeps its tokenizer's special tokens; a
+    causal one gains `<sep>` (see `training.data.tokenizer`)."""
     d_model: int = 64
     """Hidden size of a built model (T5 `d_model`, Llama/Qwen2 `hidden_size`)."""
     layers: int = 2

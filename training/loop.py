@@ -1,12 +1,13 @@
 """The training loop over a DeepSpeed engine, with its batch arithmetic written out.
 
-Data order. Every rank builds the same list of micro batches for an epoch
-(`make_micro_batches`, a function of seed and epoch). With A = gradient accumulation steps and
-W = world size, optimizer step i of the epoch takes micro batches [i*A*W, (i+1)*A*W) and rank r
-the A of them starting at i*A*W + r*A. An epoch has floor(micro batches / (A*W)) steps: the last
-few micro batches that cannot fill a step are dropped (the same ones on every rank). So a
-(micro m, accumulation 2, 2 ranks) run and a (micro m, accumulation 4, 1 rank) run see the same
-rows in every step.
+Data order. Every rank plans the same list of micro batches for an epoch
+(`make_micro_batches`, a function of seed and epoch); a micro batch's tensors (a packed row's
+block mask among them) are built on the device right before its forward pass. With A =
+gradient accumulation steps and W = world size, optimizer step i of the epoch takes micro
+batches [i*A*W, (i+1)*A*W) and rank r the A of them starting at i*A*W + r*A. An epoch has
+floor(micro batches / (A*W)) steps: the last few micro batches that cannot fill a step are
+dropped (the same ones on every rank). So a (micro m, accumulation 2, 2 ranks) run and a
+(micro m, accumulation 4, 1 rank) run see the same rows in every step.
 
 Loss. The loss of an optimizer step is the sum of the token cross-entropies over every target
 token of the step (all micro batches, all ranks) divided by the step's number of target tokens
@@ -38,6 +39,7 @@ from training.config import OptimConfig, TrainConfig
 from training.data.batching import MicroBatch, make_micro_batches
 from training.data.encoding import Encoded
 from training.data.snapshot import TaskExample
+from training.data.tokenizer import Specials
 from training.metrics import Reporter, mfu
 from training.model import greedy, token_loss_sum
 
@@ -162,8 +164,8 @@ def train_step(engine, batches: list[MicroBatch], kind: str, device: torch.devic
     scale = accumulation * world_size / target_tokens
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     for mb in batches:
-        tensors = {name: t.to(device, non_blocking=True) for name, t in mb.tensors.items()}
-        token_losses = token_loss_sum(engine, tensors, kind)
+        # Built now, on the device: a packed block mask lives for this forward and backward only.
+        token_losses = token_loss_sum(engine, mb.build(device), kind)
         engine.backward(token_losses * scale)
         engine.step()  # DeepSpeed applies the update at the A-th micro batch only
         loss_sum += token_losses.detach()
@@ -183,8 +185,7 @@ def validation_loss(engine, batches: list[MicroBatch], kind: str, device: torch.
     for j in range(math.ceil(len(batches) / world_size)):
         i = j * world_size + rank
         mb = batches[i] if i < len(batches) else batches[0]
-        tensors = {name: t.to(device, non_blocking=True) for name, t in mb.tensors.items()}
-        loss = token_loss_sum(engine, tensors, kind)
+        loss = token_loss_sum(engine, mb.build(device), kind)
         if i < len(batches):
             totals += torch.stack(
                 [loss.double(), torch.tensor(float(mb.target_tokens), device=device).double()]
@@ -220,6 +221,7 @@ class Session:
     plan: DataPlan
     val_batches: list[MicroBatch]
     kind: str
+    specials: Specials
     device: torch.device
     total_steps: int
     n_params: int
@@ -304,7 +306,9 @@ def greedy_samples(s: Session, pairs: list[tuple[TaskExample, Encoded]]) -> list
             "input": example.input,
             "prompt_ids": encoded.source_ids,
             "max_new_tokens": max_new,
-            "generated_ids": greedy(s.engine.module, encoded.source_ids, max_new, s.kind, synced=zero3),
+            "generated_ids": greedy(
+                s.engine.module, encoded.source_ids, max_new, s.kind, s.specials, synced=zero3
+            ),
         }
         for example, encoded in pairs
     ]

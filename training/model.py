@@ -2,8 +2,11 @@
 
 - `model.path` set: weights and tokenizer from that Hugging Face directory, `local_files_only`
   (nothing is downloaded), in fp32 (DeepSpeed keeps fp32 master weights and casts for bf16).
-  The tokenizer must use the special ids `training.data` writes (pad 0, `</s>` 1, and for a
-  causal student `<s>` 3 and `<sep>` 4): T5 tokenizers do; others are refused with a message.
+  The tokenizer keeps its own special tokens (`training.data.adapt_pretrained`: a causal one
+  gets `<sep>` when it lacks it, pad falls back to eos). The embedding is resized only when
+  the tokenizer then has more tokens than it has rows: Qwen2.5's matrix has spare rows and is
+  kept; Llama 3's is full and grows by one (the new row initialised from the old rows' mean
+  and covariance). A seq2seq model's decoder starts from its config's `decoder_start_token_id`.
 - `model.path` null: a tokenizer trained on the snapshot's training texts (`training.data`) and
   a model with random weights from the size fields, its vocabulary the tokenizer's real size.
   Built Llama/Qwen2 models tie their input and output embeddings (fewer parameters for tiny
@@ -35,11 +38,14 @@ from transformers import (
 
 from training.config import ModelConfig, TrainConfigError
 from training.data.batching import IGNORE_INDEX
-from training.data.tokenizer import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SEP, SEP_ID
+from training.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, Specials, adapt_pretrained, load_tokenizer
+
+# The ids of a tokenizer `training.data.build_tokenizer` trained, by kind.
+ON_THE_SPOT = {"seq2seq": Specials(PAD_ID, EOS_ID), "causal": Specials(PAD_ID, EOS_ID, BOS_ID, SEP_ID)}
 
 
 def load_pretrained_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of `cfg.path`, checked against the special ids the data encoding uses."""
+    """The tokenizer of `cfg.path`, adapted for a student of `cfg.kind` (`adapt_pretrained`)."""
     assert cfg.path is not None
     if not (Path(cfg.path) / "config.json").is_file():
         raise TrainConfigError(
@@ -47,16 +53,17 @@ def load_pretrained_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
             " the model there first (e.g. `huggingface-cli download ORG/NAME --local-dir DIR`), or set"
             " model.path: null to build a model from the size fields"
         )
-    tokenizer = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
-    expected = {PAD: PAD_ID, EOS: EOS_ID} | ({BOS: BOS_ID, SEP: SEP_ID} if cfg.kind == "causal" else {})
-    actual = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
-    if actual != expected:
+    try:
+        if (Path(cfg.path) / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(Path(cfg.path))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
+        return adapt_pretrained(tokenizer, cfg.kind)
+    except (OSError, ValueError) as exc:
         raise TrainConfigError(
-            f"model.path {cfg.path}: its tokenizer has special ids {actual}, but training.data encodes"
-            f" with {expected}; this checkpoint's tokenizer is not supported yet (use model.path: null"
-            " to train a tokenizer, or a T5 checkpoint)"
-        )
-    return tokenizer
+            f"model.path {cfg.path}: its tokenizer cannot be used ({exc}); the directory needs the"
+            " checkpoint's tokenizer files (tokenizer.json and tokenizer_config.json)"
+        ) from exc
 
 
 def _dropout(cfg: ModelConfig) -> dict[str, float]:
@@ -65,14 +72,22 @@ def _dropout(cfg: ModelConfig) -> dict[str, float]:
     return {"dropout_rate": cfg.dropout} if cfg.arch == "t5" else {"attention_dropout": cfg.dropout}
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
-    """The student in fp32 on the CPU (DeepSpeed moves it); seed torch first for equal inits."""
+def build_model(cfg: ModelConfig, vocab_size: int, specials: Specials | None = None) -> PreTrainedModel:
+    """The student in fp32 on the CPU (DeepSpeed moves it); seed torch first for equal inits.
+
+    `vocab_size` is `len(tokenizer)`: a built model's vocabulary, and the fewest embedding rows a
+    pretrained one may have (it is resized when it has fewer). `specials` are the tokenizer's
+    (`specials_of`) a built model's config records; None: those of an on-the-spot tokenizer.
+    """
     attention = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    ids = specials or ON_THE_SPOT[cfg.kind]
     if cfg.path is not None:
         loader = AutoModelForSeq2SeqLM if cfg.kind == "seq2seq" else AutoModelForCausalLM
         model = loader.from_pretrained(
             cfg.path, local_files_only=True, dtype=torch.float32, **attention, **_dropout(cfg)
         )
+        if model.get_input_embeddings().weight.shape[0] < vocab_size:
+            model.resize_token_embeddings(vocab_size)  # e.g. the tokenizer gained <sep>; never shrunk
     elif cfg.arch == "t5":
         config = T5Config(
             vocab_size=vocab_size,
@@ -82,9 +97,9 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
             num_layers=cfg.layers,
             num_heads=cfg.heads,
             dropout_rate=cfg.dropout or 0.0,
-            pad_token_id=PAD_ID,
-            eos_token_id=EOS_ID,
-            decoder_start_token_id=PAD_ID,
+            pad_token_id=ids.pad_id,
+            eos_token_id=ids.eos_id,
+            decoder_start_token_id=ids.pad_id,
             **attention,
         )
         model = T5ForConditionalGeneration(config)
@@ -102,9 +117,9 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
             num_key_value_heads=cfg.kv_heads or cfg.heads,
             max_position_embeddings=cfg.max_positions,
             attention_dropout=cfg.dropout or 0.0,
-            pad_token_id=PAD_ID,
-            bos_token_id=BOS_ID,
-            eos_token_id=EOS_ID,
+            pad_token_id=ids.pad_id,
+            bos_token_id=ids.bos_id,
+            eos_token_id=ids.eos_id,
             tie_word_embeddings=True,
             **attention,
         )
@@ -131,7 +146,7 @@ def token_loss_sum(model: torch.nn.Module, tensors: dict[str, torch.Tensor], kin
 
     `model` is the DeepSpeed engine (or a bare model); `tensors` are `MicroBatch.tensors` on the
     device. Causal labels are aligned with `input_ids`, so logits at t predict the label at t+1;
-    every sequence starts with an unlabelled `<s>`, so no prediction crosses a packed boundary.
+    every sequence starts with its unlabelled prompt, so no prediction crosses a packed boundary.
     """
     inputs = dict(tensors)
     labels = inputs.pop("labels")
@@ -152,11 +167,17 @@ def token_loss_sum(model: torch.nn.Module, tensors: dict[str, torch.Tensor], kin
 
 @torch.no_grad()
 def greedy(
-    model: PreTrainedModel, prompt_ids: list[int], max_new_tokens: int, kind: str, synced: bool = False
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    kind: str,
+    specials: Specials,
+    synced: bool = False,
 ) -> list[int]:
     """The greedy answer to one prompt (encoder input or causal prompt), without the prompt and
-    the decoder start. `synced`: every rank calls it on the same prompt (ZeRO-3 gathers weights
-    collectively, so a rank that stopped early would hang the others)."""
+    the decoder start, stopping at `specials.eos_id` (the tokenizer's, `specials_of`). `synced`:
+    every rank calls it on the same prompt (ZeRO-3 gathers weights collectively, so a rank that
+    stopped early would hang the others)."""
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], device=device)
     out = model.generate(
@@ -165,8 +186,8 @@ def greedy(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
+        eos_token_id=specials.eos_id,
+        pad_token_id=specials.pad_id,
         use_cache=True,
         synced_gpus=synced,
     )

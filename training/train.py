@@ -6,9 +6,12 @@ Started by DeepSpeed's launcher, one process per GPU (`deepspeed [--num_gpus N |
 `python -m training.prepare` (config.yaml and ds_config.json) for the same world size.
 
 What it does, on every rank: read the resolved config; read the snapshot's tasks; get the
-tokenizer (rank 0 trains it on the training inputs and targets and saves it to DIR/tokenizer
-while the others wait, or it comes from `model.path`); build the model (seeded, so every rank
-starts equal); encode; plan the micro batches (`loop.DataPlan`); `deepspeed.initialize` with
+tokenizer (rank 0 trains it on the training inputs and targets, or loads `model.path`'s and
+adapts it (`training.data.adapt_pretrained`: a causal one gains `<sep>`), and saves it to
+DIR/tokenizer while the others wait; every rank then reads DIR/tokenizer, which final/ gets
+too); read its special ids once (`specials_of`); build the model (seeded, so every rank starts
+equal; a pretrained embedding grows only if the tokenizer outgrew it); encode; plan the micro
+batches (`loop.DataPlan`; tensors are built as each is consumed); `deepspeed.initialize` with
 AdamW and the schedule; resume from DIR/checkpoints/latest unless `--resume never`; train
 (`loop`); answer a few inputs greedily; write DIR/final (`checkpoint.export_final`).
 
@@ -44,7 +47,7 @@ from training.config import TrainConfig, TrainConfigError, resolve
 from training.data.batching import MicroBatch, make_micro_batches, packing_attention
 from training.data.encoding import Encoded, encode
 from training.data.snapshot import SnapshotError, TaskExample, read_manifest, read_tasks
-from training.data.tokenizer import PAD_ID, build_tokenizer, load_tokenizer, save_tokenizer
+from training.data.tokenizer import Specials, build_tokenizer, load_tokenizer, save_tokenizer, specials_of
 from training.loop import DataPlan, Schedule, Session, final_student, fit, greedy_samples, make_optimizer
 from training.metrics import Reporter, write_failure
 from training.model import attention_implementation, build_model, count_parameters, load_pretrained_tokenizer
@@ -120,12 +123,14 @@ def read_run_config(run_dir: Path, world_size: int) -> tuple[TrainConfig, dict, 
 
 
 def get_tokenizer(cfg: TrainConfig, run_dir: Path, texts: list[str]):
-    """The pretrained tokenizer of model.path, or the run's own: trained once by rank 0."""
-    if cfg.model.path is not None:
-        return load_pretrained_tokenizer(cfg.model)
+    """The run's tokenizer, DIR/tokenizer: written once by rank 0 (model.path's, adapted, or one
+    trained on `texts`), then read by every rank."""
     target = run_dir / "tokenizer"
     if dist.get_rank() == 0 and not (target / "tokenizer.json").is_file():
-        tokenizer = build_tokenizer(texts, vocab_size=cfg.data.tokenizer_vocab_size, arch=cfg.model.kind)
+        if cfg.model.path is not None:
+            tokenizer = load_pretrained_tokenizer(cfg.model)
+        else:
+            tokenizer = build_tokenizer(texts, vocab_size=cfg.data.tokenizer_vocab_size, arch=cfg.model.kind)
         tmp = run_dir / ".tmp-tokenizer"
         save_tokenizer(tokenizer, tmp)
         os.replace(tmp, target)
@@ -135,11 +140,12 @@ def get_tokenizer(cfg: TrainConfig, run_dir: Path, texts: list[str]):
 
 @dataclass(slots=True)
 class Data:
-    """The run's examples, tokenizer and encodings (train, validation)."""
+    """The run's examples, tokenizer (and its special ids) and encodings (train, validation)."""
 
     train: list[TaskExample]
     validation: list[TaskExample]
     tokenizer: Any
+    specials: Specials
     train_encoded: list[Encoded]
     validation_encoded: list[Encoded]
 
@@ -160,7 +166,7 @@ def load_data(cfg: TrainConfig, run_dir: Path) -> Data:
     validation_encoded, _ = encode(validation, tokenizer, arch=cfg.model.kind, **limits)
     if dist.get_rank() == 0:
         log.info("encoded %s", stats)
-    return Data(train, validation, tokenizer, train_encoded, validation_encoded)
+    return Data(train, validation, tokenizer, specials_of(tokenizer), train_encoded, validation_encoded)
 
 
 def plan_batches(
@@ -171,7 +177,7 @@ def plan_batches(
     accumulation, world_size = batch.gradient_accumulation_steps or 1, dist.get_world_size()
     plan = DataPlan(
         data.train_encoded, kind, batch.micro_batch_size, accumulation, world_size, dist.get_rank(),
-        PAD_ID, cfg.data.packing, cfg.data.row_tokens, cfg.train.seed, options,
+        data.specials.pad_id, cfg.data.packing, cfg.data.row_tokens, cfg.train.seed, options,
     )  # fmt: skip
     per_epoch = plan.steps_in_epoch(0)
     if per_epoch == 0:
@@ -181,8 +187,9 @@ def plan_batches(
             " lower batch.micro_batch_size or batch.gradient_accumulation_steps"
         )
     validation = make_micro_batches(
-        data.validation_encoded, arch=kind, micro_batch_size=batch.micro_batch_size, pad_id=PAD_ID,
-        packing=cfg.data.packing, max_seq_len=cfg.data.row_tokens, seed=cfg.train.seed, epoch=0, **options,
+        data.validation_encoded, arch=kind, micro_batch_size=batch.micro_batch_size,
+        pad_id=data.specials.pad_id, packing=cfg.data.packing, max_seq_len=cfg.data.row_tokens,
+        seed=cfg.train.seed, epoch=0, **options,
     )  # fmt: skip
     return plan, validation, cfg.train.max_steps or math.ceil(cfg.train.epochs * per_epoch)
 
@@ -195,7 +202,7 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     cfg, ds_config, dtype = read_run_config(run_dir, dist.get_world_size())
     data = load_data(cfg, run_dir)
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, len(data.tokenizer))
+    model = build_model(cfg.model, len(data.tokenizer), data.specials)
     n_params = count_parameters(model)
     seed_everything(cfg.train.seed + rank)  # dropout differs between ranks
     options = {}
@@ -221,8 +228,9 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     reporter.status("running", start.step, f"resumed from {tag}" if tag else "started")
     peak = hardware.peak_bf16_flops(hardware.gpu_name())
     session = Session(
-        cfg, run_dir, engine, plan, val_batches, cfg.model.kind, device, total_steps, n_params, peak, reporter
-    )
+        cfg, run_dir, engine, plan, val_batches, cfg.model.kind, data.specials, device, total_steps,
+        n_params, peak, reporter,
+    )  # fmt: skip
     end = fit(session, start, args.stop_after_step)
     if end.step < total_steps:
         reporter.status("stopped", end.step, f"stopped after step {end.step}; continue with --resume auto")

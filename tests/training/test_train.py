@@ -190,6 +190,7 @@ def test_final_model_equals_the_last_checkpoint_and_generates_as_trained(full_ru
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    from training.data import load_tokenizer, specials_of
     from training.model import greedy
 
     final = full_run / "final"
@@ -212,8 +213,9 @@ def test_final_model_equals_the_last_checkpoint_and_generates_as_trained(full_ru
     assert model.config.model_type == student["model_type"]
     samples = json.loads((final / "kpdd_samples.json").read_text())
     assert len(samples) == 2 and all(len(s["generated_ids"]) > 5 for s in samples)
+    specials = specials_of(load_tokenizer(final))
     for sample in samples:
-        ids = greedy(model, sample["prompt_ids"], sample["max_new_tokens"], student["arch"])
+        ids = greedy(model, sample["prompt_ids"], sample["max_new_tokens"], student["arch"], specials)
         assert ids == sample["generated_ids"]
 
 
@@ -245,7 +247,11 @@ def test_training_continues_from_a_saved_student(tmp_path, t5_zero2):
     prepare(run_dir, write_snapshot(tmp_path / "snapshot"), "tiny-t5.yaml", 1, overrides)
     done = train(run_dir, 1)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not (run_dir / "tokenizer").exists()  # the model's own tokenizer was used
+    # The model's own tokenizer was used (and saved as the run's), not one trained on the snapshot.
+    from training.data import load_tokenizer
+
+    used = load_tokenizer(run_dir / "tokenizer").backend_tokenizer.to_str()
+    assert used == load_tokenizer(t5_zero2 / "final").backend_tokenizer.to_str()
     assert _metrics(run_dir)[0]["loss"] < _metrics(t5_zero2)[-1]["loss"] + 0.5
     assert _metrics(run_dir)[0]["loss"] < 0.7 * _metrics(t5_zero2)[0]["loss"]
 

@@ -1,6 +1,7 @@
 """The data side of student training: snapshot reading, tokenizer, encoding and batching.
 
-`read_tasks` -> `build_tokenizer` -> `encode` -> `make_micro_batches`; see each module's
+`read_tasks` -> `build_tokenizer` (or a pretrained tokenizer through `adapt_pretrained`) ->
+`encode` -> `make_micro_batches` (its `pad_id` from `specials_of(tokenizer)`); see each module's
 docstring for its contract (`snapshot`, `tokenizer`, `encoding`, `batching`).
 """
 
@@ -18,6 +19,7 @@ from training.data.encoding import (
     encode,
     format_causal_prompt,
     source_ids,
+    sources_ids,
 )
 from training.data.snapshot import (
     SnapshotError,
@@ -28,10 +30,13 @@ from training.data.snapshot import (
 )
 from training.data.tokenizer import (
     ARCHS,
+    Specials,
+    adapt_pretrained,
     build_tokenizer,
     decode_text,
     load_tokenizer,
     save_tokenizer,
+    specials_of,
     tokenizer_arch,
 )
 
@@ -42,7 +47,9 @@ __all__ = [
     "MicroBatch",
     "PackingAttention",
     "SnapshotError",
+    "Specials",
     "TaskExample",
+    "adapt_pretrained",
     "block_causal_mask",
     "build_tokenizer",
     "causal_prompt_ids",
@@ -57,5 +64,7 @@ __all__ = [
     "save_tokenizer",
     "snapshot_layouts",
     "source_ids",
+    "sources_ids",
+    "specials_of",
     "tokenizer_arch",
 ]

@@ -1,4 +1,4 @@
-"""Encoded examples to micro batches of tensors, deterministic for (seed, epoch).
+"""Encoded examples to micro batches, deterministic for (seed, epoch), built lazily.
 
 Tensors per micro batch (all int64 except a 4D mask):
 
@@ -7,8 +7,18 @@ Tensors per micro batch (all int64 except a 4D mask):
 - causal: `input_ids`, `labels`, `position_ids` [b, L] and an attention mask. Labels are aligned
   with `input_ids` (the loop, or the model's loss, shifts them by one) and are -100 on prompt
   tokens and padding, so only `target_ids` (target + `</s>`) are learnt. Every sequence starts
-  with its prompt's `<s>`, whose label is -100: no position learns to predict across a
-  boundary between packed sequences.
+  with its prompt (`<s>` or the input, then `<sep>`), whose labels are -100: no position learns
+  to predict across a boundary between packed sequences.
+
+`pad_id` is the tokenizer's (`specials_of(tokenizer).pad_id`); padded positions are masked and
+unlabelled, so any id would do, but the tokenizer's keeps the rows readable.
+
+Plan now, tensors later: `make_micro_batches` decides every micro batch of the epoch up front
+(which sequences, in which row, in which order), but a `MicroBatch` holds only references to the
+encoded sequences and its counts. Its tensors are built when it is consumed (`build(device)`;
+`tensors` builds them on the CPU). A packed sdpa/eager micro batch's mask is [b, 1, L, L] (4 MiB
+per row at L = 2048 in bool, gigabytes per rank for a GSM8K-sized epoch if every one were kept):
+`build` makes it on the device from the [b, L] segment ids, for one forward pass.
 
 Without packing, sequences are padded on the right to the longest of their micro batch, and
 batches are grouped by length: the shuffled order is cut into buckets of `64 * micro_batch_size`,
@@ -61,9 +71,14 @@ BUCKET_MICRO_BATCHES = 64  # micro batches per length-sorted bucket: less paddin
 
 @dataclass(slots=True)
 class MicroBatch:
-    """Tensors for one forward pass, and the counts the loop needs for the loss and its logs."""
+    """One forward pass, planned: the sequences of each row (one per row unless packed), their
+    layout, and the counts the loop needs for the loss and its logs. It holds no tensors;
+    `build` makes them when the micro batch is consumed."""
 
-    tensors: dict[str, torch.Tensor]
+    form: str  # seq2seq | causal (padded rows) | packed (block mask) | varlen (one flat row)
+    rows: list[list[Encoded]]
+    pad_id: int
+    mask_dtype: torch.dtype
     target_tokens: int
     real_tokens: int
     slot_tokens: int
@@ -72,6 +87,29 @@ class MicroBatch:
     @property
     def padding_efficiency(self) -> float:
         return self.real_tokens / self.slot_tokens if self.slot_tokens else 1.0
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors on the CPU, built anew at each access (see `build`)."""
+        return self.build()
+
+    def build(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The forward pass's tensors on `device` (None: the CPU). A packed block mask is made
+        there from the segment ids, so only [b, L] tensors are copied to the device."""
+        if self.form == "seq2seq":
+            tensors = _seq2seq_tensors([row[0] for row in self.rows], self.pad_id)
+        elif self.form == "causal":
+            tensors = _causal_tensors([row[0] for row in self.rows], self.pad_id)
+        elif self.form == "varlen":
+            tensors = _varlen_tensors(self.rows)
+        else:
+            tensors = _packed_tensors(self.rows, self.pad_id)
+        if device is not None:
+            tensors = {name: t.to(device, non_blocking=True) for name, t in tensors.items()}
+        segments = tensors.pop("segment_ids", None)
+        if segments is not None:
+            tensors["attention_mask"] = block_causal_mask(segments, self.mask_dtype)
+        return tensors
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +140,15 @@ def packing_attention(attn_implementation: str, dtype: torch.dtype = torch.float
 def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """[b, 1, L, L] mask letting position q see key k when k <= q and both are in one segment:
     bool True = allowed, or additive (0 allowed, dtype minimum blocked) for a float dtype."""
-    length = segment_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    length, device = segment_ids.shape[1], segment_ids.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal
     allowed = allowed[:, None]
     if dtype == torch.bool:
         return allowed
     if not dtype.is_floating_point:
         raise ValueError(f"mask_dtype must be torch.bool or a float dtype, not {dtype}")
-    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
@@ -127,8 +165,9 @@ def make_micro_batches(
     varlen: bool = False,
     mask_dtype: torch.dtype = torch.bool,
 ) -> list[MicroBatch]:
-    """Every example exactly once, in micro batches; the same arguments give the same batches.
-    `varlen` and `mask_dtype` apply to packing only. A sequence longer than `max_seq_len` (causal:
+    """Every example exactly once, in planned micro batches (their tensors are built when
+    consumed); the same arguments give the same batches. `varlen` and `mask_dtype` apply to
+    packing only. A sequence longer than `max_seq_len` (causal:
     prompt + target; seq2seq: source or target) is refused with ValueError."""
     check_arch(arch)
     if micro_batch_size < 1 or max_seq_len < 1:
@@ -155,19 +194,16 @@ def make_micro_batches(
     if packing:
         rows = _pack_rows(order, lengths, max_seq_len)
         rng.shuffle(rows)
+        form = "varlen" if varlen else "packed"
         groups = [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
-        return [
-            _packed_batch([[encoded[i] for i in row] for row in g], pad_id, varlen, mask_dtype)
-            for g in groups
-        ]
+        return [_plan(form, [[encoded[i] for i in row] for row in g], pad_id, mask_dtype) for g in groups]
     chunks: list[list[int]] = []
     bucket = micro_batch_size * BUCKET_MICRO_BATCHES
     for start in range(0, len(order), bucket):
         part = sorted(order[start : start + bucket], key=lambda i: lengths[i], reverse=True)
         chunks += [part[i : i + micro_batch_size] for i in range(0, len(part), micro_batch_size)]
     rng.shuffle(chunks)
-    build = _causal_batch if arch == "causal" else _seq2seq_batch
-    return [build([encoded[i] for i in chunk], pad_id) for chunk in chunks]
+    return [_plan(arch, [[encoded[i]] for i in chunk], pad_id, torch.bool) for chunk in chunks]
 
 
 def _pack_rows(order: list[int], lengths: list[int], max_seq_len: int) -> list[list[int]]:
@@ -189,6 +225,22 @@ def _pack_rows(order: list[int], lengths: list[int], max_seq_len: int) -> list[l
     return rows
 
 
+def _plan(form: str, rows: list[list[Encoded]], pad_id: int, mask_dtype: torch.dtype) -> MicroBatch:
+    """The micro batch of `rows`, its counts computed from the lengths alone."""
+    target = sum(len(e.target_ids) for row in rows for e in row)
+    sequences = sum(len(row) for row in rows)
+    if form == "seq2seq":
+        sources = [len(row[0].source_ids) for row in rows]
+        targets = [len(row[0].target_ids) for row in rows]
+        real = sum(sources) + sum(targets)
+        slots = len(rows) * (max(sources) + max(targets))
+    else:
+        lengths = [sum(len(e.source_ids) + len(e.target_ids) for e in row) for row in rows]
+        real = sum(lengths)
+        slots = real if form == "varlen" else len(rows) * max(lengths)
+    return MicroBatch(form, rows, pad_id, mask_dtype, target, real, slots, sequences)
+
+
 def _row_tensors(row: list[Encoded]) -> tuple[list[int], list[int], list[int]]:
     ids: list[int] = []
     labels: list[int] = []
@@ -200,21 +252,19 @@ def _row_tensors(row: list[Encoded]) -> tuple[list[int], list[int], list[int]]:
     return ids, labels, positions
 
 
-def _packed_batch(
-    rows: list[list[Encoded]], pad_id: int, varlen: bool, mask_dtype: torch.dtype
-) -> MicroBatch:
+def _varlen_tensors(rows: list[list[Encoded]]) -> dict[str, torch.Tensor]:
     built = [_row_tensors(row) for row in rows]
-    real = sum(len(ids) for ids, _, _ in built)
-    target = sum(len(e.target_ids) for row in rows for e in row)
-    sequences = sum(len(row) for row in rows)
-    if varlen:
-        flat = [list(chain.from_iterable(part[j] for part in built)) for j in range(3)]
-        tensors = {
-            "input_ids": torch.tensor([flat[0]]),
-            "labels": torch.tensor([flat[1]]),
-            "position_ids": torch.tensor([flat[2]]),
-        }
-        return MicroBatch(tensors, target, real, real, sequences)
+    flat = [list(chain.from_iterable(part[j] for part in built)) for j in range(3)]
+    return {
+        "input_ids": torch.tensor([flat[0]]),
+        "labels": torch.tensor([flat[1]]),
+        "position_ids": torch.tensor([flat[2]]),
+    }
+
+
+def _packed_tensors(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padded packed rows and their `segment_ids` [b, L], from which `build` makes the mask."""
+    built = [_row_tensors(row) for row in rows]
     width = max(len(ids) for ids, _, _ in built)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -229,16 +279,10 @@ def _packed_batch(
         segments[r, :n] = torch.repeat_interleave(
             torch.arange(len(row)), torch.tensor([len(e.source_ids) + len(e.target_ids) for e in row])
         )
-    tensors = {
-        "input_ids": input_ids,
-        "labels": labels,
-        "position_ids": positions,
-        "attention_mask": block_causal_mask(segments, mask_dtype),
-    }
-    return MicroBatch(tensors, target, real, len(rows) * width, sequences)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "segment_ids": segments}
 
 
-def _causal_batch(batch: list[Encoded], pad_id: int) -> MicroBatch:
+def _causal_tensors(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.source_ids) + len(e.target_ids) for e in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -248,18 +292,15 @@ def _causal_batch(batch: list[Encoded], pad_id: int) -> MicroBatch:
         input_ids[r, : len(ids)] = torch.tensor(ids)
         labels[r, : len(ids)] = torch.tensor(row_labels)
         attention[r, : len(ids)] = 1
-    tensors = {
+    return {
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": attention,
         "position_ids": torch.arange(width).expand(len(batch), width).clone(),
     }
-    real = int(attention.sum())
-    target = sum(len(e.target_ids) for e in batch)
-    return MicroBatch(tensors, target, real, len(batch) * width, len(batch))
 
 
-def _seq2seq_batch(batch: list[Encoded], pad_id: int) -> MicroBatch:
+def _seq2seq_tensors(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     source_width = max(len(e.source_ids) for e in batch)
     target_width = max(len(e.target_ids) for e in batch)
     input_ids = torch.full((len(batch), source_width), pad_id, dtype=torch.long)
@@ -269,7 +310,4 @@ def _seq2seq_batch(batch: list[Encoded], pad_id: int) -> MicroBatch:
         input_ids[r, : len(e.source_ids)] = torch.tensor(e.source_ids)
         attention[r, : len(e.source_ids)] = 1
         labels[r, : len(e.target_ids)] = torch.tensor(e.target_ids)
-    tensors = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-    real = sum(len(e.source_ids) + len(e.target_ids) for e in batch)
-    target = sum(len(e.target_ids) for e in batch)
-    return MicroBatch(tensors, target, real, len(batch) * (source_width + target_width), len(batch))
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,11 +1,15 @@
 """Task examples to token ids: the one definition of what a student reads and what it learns.
 
+Special tokens are the tokenizer's own, read once per call with `specials_of` (written below as
+`<s>`, `<sep>` and `</s>`, the names the on-the-spot tokenizer gives them):
+
 - seq2seq (T5-like): `source_ids` = `input </s>` (the encoder input); `target_ids` = `target </s>`
-  (the labels; the model shifts them right behind the `<pad>` decoder start itself).
-- causal (decoder-only): `source_ids` = the prompt `<s> input <sep>`; `target_ids` =
-  `target </s>`. The training row is `source_ids + target_ids`; the loss covers `target_ids` only.
-  Generation at evaluation starts from exactly the prompt (`causal_prompt_ids`, or
-  `tokenizer(inputs)` which applies the same template) and stops at `</s>`.
+  (the labels; the model shifts them right behind its decoder start token itself).
+- causal (decoder-only): `source_ids` = the prompt `<s> input <sep>` (`input <sep>` when the
+  tokenizer has no bos, as Qwen2.5's); `target_ids` = `target </s>`. The training row is
+  `source_ids + target_ids`; the loss covers `target_ids` only. Generation at evaluation starts
+  from exactly the prompt (`source_ids`; with the on-the-spot tokenizer also `tokenizer(inputs)`,
+  which applies the same template) and stops at `</s>`.
 
 `<sep>` is a special token, not text: an input that itself contains blank lines (every staged
 input does) still has one unambiguous end. A literal `<sep>` or `</s>` string in an input would
@@ -24,11 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerFast
+from typing import Any
 
 from training.data.snapshot import TaskExample
-from training.data.tokenizer import BOS, BOS_ID, EOS_ID, SEP, SEP_ID, check_arch
+from training.data.tokenizer import BOS, SEP, check_arch, specials_of
 
 _CHUNK = 4096  # examples tokenised per call: bounded memory, still parallel inside `tokenizers`
 
@@ -41,13 +44,15 @@ class Encoded:
     target_ids: list[int]
 
 
-def format_causal_prompt(input_text: str) -> str:
-    """The causal prompt as text (special tokens spelt out); encoding it with
-    `add_special_tokens=False` gives `causal_prompt_ids(tokenizer, input_text)`."""
-    return f"{BOS}{input_text}{SEP}"
+def format_causal_prompt(input_text: str, tokenizer: Any = None) -> str:
+    """The causal prompt as text (special tokens spelt out; `tokenizer`'s bos, none when it has
+    none; None: the on-the-spot tokenizer's `<s>`); encoding it with `add_special_tokens=False`
+    gives `causal_prompt_ids(tokenizer, input_text)`."""
+    bos = BOS if tokenizer is None else tokenizer.bos_token or ""
+    return f"{bos}{input_text}{SEP}"
 
 
-def _content_ids(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[list[int]]:
+def _content_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     ids: list[list[int]] = []
     for start in range(0, len(texts), _CHUNK):
         batch = list(texts[start : start + _CHUNK])
@@ -55,24 +60,26 @@ def _content_ids(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> li
     return ids
 
 
-def _wrap_source(content: list[int], arch: str) -> list[int]:
-    return [*content, EOS_ID] if arch == "seq2seq" else [BOS_ID, *content, SEP_ID]
-
-
-def causal_prompt_ids(tokenizer: PreTrainedTokenizerFast, input_text: str) -> list[int]:
+def causal_prompt_ids(tokenizer: Any, input_text: str) -> list[int]:
     """The ids a causal student is prompted with (untruncated): `<s> input <sep>`."""
-    return _wrap_source(_content_ids(tokenizer, [input_text])[0], "causal")
+    return source_ids(tokenizer, input_text, arch="causal")
 
 
-def source_ids(tokenizer: PreTrainedTokenizerFast, input_text: str, *, arch: str) -> list[int]:
+def source_ids(tokenizer: Any, input_text: str, *, arch: str) -> list[int]:
     """The encoder input (seq2seq) or prompt (causal) of one task input, untruncated."""
+    return sources_ids(tokenizer, [input_text], arch=arch)[0]
+
+
+def sources_ids(tokenizer: Any, input_texts: Sequence[str], *, arch: str) -> list[list[int]]:
+    """`source_ids` of many task inputs, in order, tokenised in batches."""
     check_arch(arch)
-    return _wrap_source(_content_ids(tokenizer, [input_text])[0], arch)
+    specials = specials_of(tokenizer)
+    return [specials.source(content, arch) for content in _content_ids(tokenizer, input_texts)]
 
 
 def encode(
     examples: Sequence[TaskExample],
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: Any,
     *,
     arch: str,
     max_source_tokens: int,
@@ -82,7 +89,9 @@ def encode(
     `truncated_targets`, `source_tokens` and `target_tokens` (after truncation), and
     `longest_source` / `longest_target` (before truncation, to size the limits)."""
     check_arch(arch)
-    specials = 1 if arch == "seq2seq" else 2
+    ids = specials_of(tokenizer)
+    specials = ids.source_overhead(arch)
+    ids.source([], arch)  # a causal tokenizer without <sep> is refused here, before any work
     if max_source_tokens <= specials or max_target_tokens < 1:
         raise ValueError(
             f"max_source_tokens must exceed {specials} and max_target_tokens be at least 1 "
@@ -113,8 +122,8 @@ def encode(
             stats["truncated_targets"] += 1
             labelled = target[:max_target_tokens]
         else:
-            labelled = [*target, EOS_ID]
-        item = Encoded(_wrap_source(kept, arch), labelled)
+            labelled = [*target, ids.eos_id]
+        item = Encoded(ids.source(kept, arch), labelled)
         stats["source_tokens"] += len(item.source_ids)
         stats["target_tokens"] += len(item.target_ids)
         encoded.append(item)

@@ -6,16 +6,19 @@ in-process callers may pass any function of that shape (returning plain strings 
 
 `StudentGenerator` contract:
 - Inputs are encoded exactly as training encoded sources (`training.data.encoding.source_ids`:
-  seq2seq `input </s>`, causal `<s> input <sep>`), and an input longer than the student's
-  `max_source_tokens` is cut the way training cut it: its first tokens, then the end token.
-  `Generation.input_tokens` is the length before cutting, so a report can count the cut ones.
+  seq2seq `input </s>`, causal `<s> input <sep>`, in the tokenizer's own special tokens, read
+  once with `specials_of`: a pretrained tokenizer's eos, no `<s>` when it has no bos, the
+  `<sep>` training added), and an input longer than the student's `max_source_tokens` is cut
+  the way training cut it: its first tokens, then the end token. `Generation.input_tokens` is
+  the length before cutting, so a report can count the cut ones.
 - Greedy decoding (`do_sample=False`, `num_beams=1`), at most `max_new_tokens` new tokens,
-  stopping at `</s>`. Decoder-only batches are padded on the LEFT with an attention mask, so
-  every prompt ends where generation starts and the output equals unbatched generation.
+  stopping at the tokenizer's eos. Decoder-only batches are padded on the LEFT (with the pad
+  id, else the eos) with an attention mask, so every prompt ends where generation starts and
+  the output equals unbatched generation.
 - Inputs are sorted by token length (longest first, so a batch that cannot fit in memory fails
   at once) and batched; outputs come back in input order.
 - The prompt is stripped from causal outputs; the text is the new tokens up to the first
-  `</s>`, decoded with training's `decode_text` (special tokens skipped, no space clean-up:
+  eos, decoded with training's `decode_text` (special tokens skipped, no space clean-up:
   programs must run as written). `stopped` is False when the output was cut at `max_new_tokens`.
 """
 
@@ -48,9 +51,9 @@ def as_generation(output: str | Generation) -> Generation:
 
 def prompt_ids(tokenizer: Any, texts: Sequence[str], arch: str) -> list[list[int]]:
     """Each input's ids as training built them (`training.data.encoding.source_ids`), uncut."""
-    from training.data.encoding import source_ids
+    from training.data.encoding import sources_ids
 
-    return [source_ids(tokenizer, text, arch=arch) for text in texts]
+    return sources_ids(tokenizer, texts, arch=arch)
 
 
 def cut_source(ids: list[int], max_source_tokens: int | None) -> list[int]:
@@ -88,15 +91,15 @@ class StudentGenerator:
         if max_source_tokens is not None and max_source_tokens < 3:
             raise ValueError("max_source_tokens must be at least 3")
         self.max_source_tokens = max_source_tokens
-        from training.data.tokenizer import decode_text  # imports transformers: not at module load
+        # imports transformers: not at module load
+        from training.data.tokenizer import decode_text, specials_of
 
         self._decode_text = decode_text
         self.device = device or str(next(model.parameters()).device)
         # Decoder-only batches must end where generation starts; encoder inputs pad on the right.
         # Passed per call rather than set on the tokenizer, which a training process may share.
         self.padding_side = "left" if arch == "causal" else "right"
-        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer needs a pad and an eos token")
+        self.specials = specials_of(tokenizer)  # ValueError without an eos token
         self.calls = 0
         self.new_tokens = 0
         self.cut_at_limit = 0
@@ -120,17 +123,20 @@ class StudentGenerator:
     def _generate(self, batch_ids: list[list[int]]) -> list[Generation]:
         import torch
 
-        encoded = self.tokenizer.pad(
-            {"input_ids": batch_ids}, padding=True, padding_side=self.padding_side, return_tensors="pt"
-        )
-        input_ids = encoded["input_ids"].to(self.device)
-        attention_mask = encoded["attention_mask"].to(self.device)
+        width = max(len(ids) for ids in batch_ids)
+        input_ids = torch.full((len(batch_ids), width), self.specials.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for row, ids in enumerate(batch_ids):
+            columns = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
+            input_ids[row, columns] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, columns] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         options: dict[str, Any] = {
             "do_sample": False,
             "num_beams": 1,
             "max_new_tokens": self.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.specials.pad_id,
+            "eos_token_id": self.specials.eos_id,
         }
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
@@ -139,7 +145,7 @@ class StudentGenerator:
         return [self._decode(row) for row in new.tolist()]
 
     def _decode(self, row: list[int]) -> Generation:
-        eos = self.tokenizer.eos_token_id
+        eos = self.specials.eos_id
         stopped = eos in row
         tokens = row[: row.index(eos)] if stopped else row
         if not stopped:

@@ -146,20 +146,27 @@ def pick_device(device: str | None) -> str:
 def load_student(model_dir: Path, info: StudentInfo, device: str) -> tuple[Any, Any]:
     """The model (eval mode, on `device`) and its tokenizer, from local files only.
 
-    The tokenizer is read with training's own reader (`training.data.load_tokenizer`), so the
-    special tokens and the input template are the ones training used. Half-precision weights
+    The tokenizer is read with training's own reader (`training.data.load_tokenizer`): the one
+    training saved (trained on the spot, or a pretrained one with the `<sep>` training added),
+    so the special tokens and the input template are the ones training used. Half-precision weights
     are widened to float32 on CPU, where half matmuls are slow or missing; on CUDA the saved
     dtype is kept.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from training.data.tokenizer import load_tokenizer
+    from training.data.tokenizer import SEP, load_tokenizer, specials_of, tokenizer_arch
 
     try:
         tokenizer = load_tokenizer(Path(model_dir))
-    except FileNotFoundError as exc:
+        specials_of(tokenizer)  # it has an eos
+    except (OSError, ValueError) as exc:
         raise EvalInputError(f"--model {model_dir}: {exc}") from None
+    if info.arch == "causal" and tokenizer_arch(tokenizer) != "causal":
+        raise EvalInputError(
+            f"--model {model_dir}: its tokenizer has no {SEP} token, which ends every causal prompt"
+            " in training; the folder must hold the tokenizer training saved with the weights"
+        )
     tokenizer.padding_side = "left" if info.arch == "causal" else "right"
     model_class = AutoModelForSeq2SeqLM if info.arch == "seq2seq" else AutoModelForCausalLM
     try:

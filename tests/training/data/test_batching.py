@@ -1,8 +1,10 @@
 """Micro batches: packed sequences stay apart (checked against a real tiny Llama), padding
-does not change a seq2seq loss, and the order is a pure function of (seed, epoch)."""
+does not change a seq2seq loss, the order is a pure function of (seed, epoch), and an epoch's
+plan holds no tensors (they are built as each micro batch is consumed)."""
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import pairwise
 
 import pytest
@@ -17,6 +19,7 @@ from training.data import (
     make_micro_batches,
     packing_attention,
 )
+from training.loop import DataPlan
 
 
 def causal_encoded(tokenizer) -> list[Encoded]:
@@ -223,3 +226,41 @@ def test_too_long_sequences_and_unknown_attention_are_refused(causal_tokenizer):
         )
     with pytest.raises(ValueError, match="attn_implementation"):
         packing_attention("paged_attention")
+
+
+def _tensor_bytes(obj: object, seen: set[int] | None = None) -> int:
+    """Bytes of every tensor reachable from `obj` through dataclass fields, dicts, lists, tuples."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(_tensor_bytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    return 0
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_the_epoch_plan_holds_no_masks(attn_implementation):
+    """200 packed rows of 2048 tokens: built up front, their block masks alone would take 800 MiB
+    (bool) or 3.2 GiB (fp32). The plan holds none; a micro batch builds its tensors when used."""
+    length, rows = 2048, 200
+    encoded = [Encoded([7] * 24, [9] * (length // 2 - 25) + [1]) for _ in range(2 * rows)]
+    plan = DataPlan(
+        encoded, "causal", 4, 1, 1, 0, 0, True, length, 0,
+        packing_attention(attn_implementation, torch.float32).kwargs(),
+    )  # fmt: skip
+    batches = plan.epoch_batches(0)
+    assert len(batches) == rows // 4 and sum(len(b.rows) for b in batches) == rows
+    assert _tensor_bytes(plan) < 2**20  # against 4 MiB per row for the masks alone
+
+    tensors = batches[0].build()
+    assert tensors["attention_mask"].shape == (4, 1, length, length)
+    assert tensors["input_ids"].shape == (4, length)
+    assert batches[0].real_tokens == batches[0].slot_tokens == 4 * length
+    assert _tensor_bytes(plan) < 2**20  # nothing was kept
