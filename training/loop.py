@@ -284,6 +284,9 @@ def _log(
         "padding_efficiency": window.real_tokens / window.slot_tokens if window.slot_tokens else 1.0,
         "peak_memory_bytes": peak_memory,
         "elapsed_s": round(s.reporter.elapsed(), 3),
+        # Where the MFU's denominator came from (training/hardware.py: NVIDIA's datasheets).
+        "device": hardware.gpu_name() or "cpu",
+        "mfu_peak_flops": s.peak_flops,
     }
     if val_loss is not None:
         record["val_loss"] = val_loss

@@ -9,7 +9,8 @@ one JSON object per logged step:
     the window / its training time, without validation and checkpoint saving / world size), mfu,
     padding_efficiency (real / computed token positions), peak_memory_bytes (max over ranks:
     torch's peak allocation on GPU, peak RSS on CPU), elapsed_s (since this process started
-    training), and `val_loss` on the steps where the validation loss was computed.
+    training), `device` (the GPU's name, or cpu) and `mfu_peak_flops` (the peak the MFU divides
+    by, null on CPU), and `val_loss` on the steps where the validation loss was computed.
 
 MFU is 6 x (all parameters, embeddings included) x tokens/s / (peak x world size), the usual
 dense-transformer estimate: it leaves out attention score FLOPs (understating long sequences)
