@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from db.engine import session_scope
@@ -22,6 +23,7 @@ from db.queries import training as q
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.errors import BadInputError, ConfigError, RunFailure
+from services.training import launch
 from services.training.runs import (
     TrainRequest,
     cancel_run,
@@ -139,10 +141,54 @@ def run_train(args: argparse.Namespace) -> int:
             ) from None
         _say(args, f"run {run_id} queued on the training queue; follow it with `kpdd run show {run_id}`")
     else:
-        _say(args, f"run {run_id}: preparing")
-        state = execute_run(engine, run_id, echo=True)
-        _say(args, f"run {run_id}: {state}")
+        _say(args, f"run {run_id}: preparing (run directory and log: `kpdd run show {run_id}`)")
+        with ProgressDisplay(run_id) as display:
+            execute_run(engine, run_id, echo=True, watch=display.update)
     return _show(engine, run_id, args.json, exit_on_failure=not args.submit)
+
+
+class ProgressDisplay:
+    """A run's progress while `kpdd train` follows it: a bar with ETA on a terminal, otherwise
+    one line per logged step (logs, CI), on stderr."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.console = Console(stderr=True)
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_step = -1
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn(f"run {self.run_id}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps {task.fields[figures]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.bar.__enter__()
+        return self
+
+    def update(self, progress: launch.Progress) -> None:
+        if progress.step == self.last_step or not progress.last:
+            return
+        self.last_step = progress.step
+        last = progress.last
+        speed = last.get("tokens_per_s_per_gpu") or 0
+        figures = f"loss {last.get('loss', float('nan')):.4f}, {speed:,.0f} tok/s/gpu"
+        if self.bar is None:
+            total = f"/{progress.total_steps}" if progress.total_steps else ""
+            self.console.print(f"run {self.run_id}: step {progress.step}{total}, {figures}", highlight=False)
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=progress.total_steps, figures="")
+        self.bar.update(self.task, completed=progress.step, total=progress.total_steps, figures=figures)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

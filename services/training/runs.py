@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,10 +133,17 @@ def _load(engine: Engine, run_id: int) -> TrainingRun:
         return run
 
 
-def execute_run(engine: Engine, run_id: int, *, echo: bool = False) -> str:
+def execute_run(
+    engine: Engine,
+    run_id: int,
+    *,
+    echo: bool = False,
+    watch: Callable[[launch.Progress], None] | None = None,
+) -> str:
     """Prepare, launch and supervise a recorded run; returns its terminal state. A queued run is
     claimed first: if another worker has it, or it was cancelled, nothing is done. `echo` shows
-    the evaluation's table (when the run asks for one) on stderr."""
+    the evaluation's table (when the run asks for one) on stderr; `watch` is called with the
+    progress at every heartbeat (the CLI's progress display)."""
     run = _load(engine, run_id)
     host = socket.gethostname()
     with session_scope(engine) as session:
@@ -148,7 +156,7 @@ def execute_run(engine: Engine, run_id: int, *, echo: bool = False) -> str:
             return run.state
         q.heartbeat(session, run_id, _now(), worker_host=host)
     try:
-        return _prepare_and_launch(engine, run, echo=echo)
+        return _prepare_and_launch(engine, run, echo=echo, watch=watch)
     except KpddError as exc:
         _end(engine, run_id, "failed", str(exc))
         raise
@@ -165,7 +173,9 @@ def _end(engine: Engine, run_id: int, state: str, reason: str | None, **fields: 
         q.set_run_state(session, run_id, state, reason=reason, **fields)
 
 
-def _prepare_and_launch(engine: Engine, run: TrainingRun, *, echo: bool) -> str:
+def _prepare_and_launch(
+    engine: Engine, run: TrainingRun, *, echo: bool, watch: Callable[[launch.Progress], None] | None
+) -> str:
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     verified_snapshot(Path(run.snapshot_path))
@@ -201,7 +211,7 @@ def _prepare_and_launch(engine: Engine, run: TrainingRun, *, echo: bool) -> str:
         argv,
         run_dir,
         on_start=lambda pid: _record(engine, run.id, launcher_pid=pid),
-        on_progress=lambda progress: _record(engine, run.id, **_progress_fields(progress, kept)),
+        on_progress=lambda progress: _on_progress(engine, run.id, progress, kept, watch),
         should_stop=lambda: _cancel_reason(engine, run.id),
         interval_s=HEARTBEAT_INTERVAL_S,
     )
@@ -250,6 +260,18 @@ def _progress_fields(progress: launch.Progress, kept: dict[str, Any]) -> dict[st
         "peak_memory_bytes": last.get("peak_memory_bytes"),
         "metrics": {**kept, **progress.summary()},
     }
+
+
+def _on_progress(
+    engine: Engine,
+    run_id: int,
+    progress: launch.Progress,
+    kept: dict[str, Any],
+    watch: Callable[[launch.Progress], None] | None,
+) -> None:
+    _record(engine, run_id, **_progress_fields(progress, kept))
+    if watch is not None:
+        watch(progress)
 
 
 def _record(engine: Engine, run_id: int, **fields: Any) -> None:
