@@ -2,14 +2,22 @@
 
 First any continuation in which the model starts a new problem is cut off (`cut_continuation`):
 a chat end token (`<|im_end|>`, `</s>`, `<|endoftext|>`, ...) anywhere, or a line opening with
-`Question:`, `Q:`, `Problem:`, `Human:`, `User:`, `Instruction:`, ... once an answer has been
-given before it (a model may restate the question before solving it). Then, in order:
+`Question:`, `Q:`, `**Question 2:**`, `Problem:`, `Human:`, `User:`, `Instruction:`, ... once an
+answer has been given before it (a model may restate the question before solving it). A trailing
+note (`Note:`, `*Note:`, `(Note:`, `Remark:`, `P.S.`) is cut the same way once an answer holding a
+digit has been given: "the answer would be 36 if ..." in a note never overrides the answer. Then,
+in order:
 
 1. `boxed`: `\\boxed{...}` / `\\fbox{...}` (braces balanced). Every box is a candidate; the matcher
    calls several boxes with different values ambiguous.
 2. `hashes`: the text after the last `####` on its line.
 3. `answer_is`: the last "the answer is ...", "final answer: ...", "answer = ...", "the answers
-   are ...", to the end of its sentence (an empty one takes the next non-empty line).
+   are ...", to the end of its sentence (an empty one takes the next non-empty line). A qualifier
+   may stand between "answer" and the verb: "the answer (in arabic numerals) is", "the answer,
+   in dollars, is", "the answer to the question is". A statement saying "final answer" beats any
+   plain one, wherever it stands ("The final answer is 18. To verify the answer: 18 / 2 = 9"), and
+   an `Answer:` heading the response whose text is a step of working (`Answer: 16 - 3 - 4 = 9
+   eggs`, more working after it) is not an answer statement.
 4. `answer_line`: the last non-empty line when it is nothing but an answer (`18`, `$18.00`,
    `**18 apples**`, `= 18`).
 5. `last_number`: the last number in the text, with confidence `low`. `candidates` then holds the
@@ -44,15 +52,22 @@ MAX_CONTINUATION_MARKERS = 20
 MARKERS = ("boxed", "hashes", "answer_is", "answer_line", "last_number")
 
 _CONTINUATION_RE = re.compile(
-    r"^[ \t>#*]{0,8}(?:Q|Question|Problem|Human|User|Instruction|Exercise|New\s+problem|"
-    r"Next\s+question)(?:[ \t]{0,3}\d{1,4})?[ \t]{0,3}:(?:[ \t]|$)"
+    r"^[ \t>#*_(]{0,8}(?:Q|Question|Problem|Human|User|Instruction|Exercise|New\s+(?:problem|question)|"
+    r"Next\s+question|(?P<note>Notes?|Remark|Caveat|P\.?\s?S\.?))(?:[ \t]{0,3}\d{1,4})?[ \t]{0,3}"
+    r"(?:\*\*)?:(?:\*\*|_)?(?:[ \t]|$)"
+    r"|^[ \t>#*_(]{0,8}(?P<postscript>P\.[ \t]?S\.)[ \t]"
     r"|<\|(?:endoftext|im_end|im_start|eot_id|end_of_text|user|end)\|>|</s>|\[INST\]",
     re.MULTILINE | re.IGNORECASE,
 )
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s{0,3}\{")
 _HASHES_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(
-    r"\b(?:final\s+answer|answers?)(?:\s{0,3}\*{0,2}\s{0,3})"
+    r"\b(?:(?P<final>final\s+(?:numerical\s+|numeric\s+)?answer)|answers?)"
+    # A qualifier: "answer (in arabic numerals) is", "answer, in dollars, is", "answer to the
+    # question is".
+    r"(?:\s{0,3}\([^()\n]{1,80}\)|,[^,\n]{1,60},|\s(?:to|for)\s(?:the|this|that|our|your|each)"
+    r"(?:\s(?:original|given|above|whole|word|math))?\s(?:question|problem|task|exercise|puzzle))?"
+    r"(?:\s{0,3}\*{0,2}\s{0,3})"
     r"(?:(?:is|are|was|were|would\s+be|will\s+be|should\s+be|equals)\b|[:=])[ \t:*]{0,6}",
     re.IGNORECASE,
 )
@@ -60,6 +75,8 @@ _ANSWER_IS_RE = re.compile(
 _ANSWER_LINE_RE = re.compile(
     r"[=:\s]{0,4}[-+]?[$€£¥₹¤]?\s?\d[\d,./]{0,60}\s?%?(?:\s?[A-Za-z][A-Za-z'-]{0,20}){0,3}\s?[.!]?"
 )
+_DIGIT_RE = re.compile(r"\d")
+_HEADER_PREFIX_CHARS = " \t\n*#>_"
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
 _ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "no", "approx", "a.m", "p.m")
 
@@ -95,7 +112,9 @@ def cut_continuation(text: str) -> tuple[str, int | None]:
         prefix = text[: m.start()]
         if not prefix.strip():
             continue
-        if m.group().startswith(("<", "[")) or _has_marked_answer(prefix):
+        if m.group().startswith(("<", "[")) or _has_marked_answer(
+            prefix, strict=m.group("note") is not None or m.group("postscript") is not None
+        ):
             return prefix, m.start()
     return text, None
 
@@ -127,7 +146,11 @@ def extract_final_answer(text: str) -> Extraction:
     return Extraction(None, "none", LOW, [], cut_continuation(text[:MAX_RESPONSE_CHARS])[1])
 
 
-def _has_marked_answer(prefix: str) -> bool:
+def _has_marked_answer(prefix: str, *, strict: bool = False) -> bool:
+    """Whether `prefix` gives a marked answer; `strict` (before a note) asks for one that holds
+    a digit, so a note inside the reasoning of "Answer: let's see" cuts nothing."""
+    if strict:
+        return any(any(_DIGIT_RE.search(s) for s in finder(prefix)) for _, finder in _FINDERS)
     return any(any(s.strip() for s in finder(prefix)) for _, finder in _FINDERS)
 
 
@@ -164,7 +187,12 @@ def _hashes(body: str) -> list[str]:
 
 
 def _answer_is(body: str) -> list[str]:
+    """Answer statements, in order, those that say "final answer" after the others (a final
+    answer beats a later "to verify the answer: ..."). An `Answer:` heading the response whose
+    text is a step of working (`Answer: 16 - 3 - 4 = 9 eggs`, more working after it) is not an
+    answer statement."""
     spans: list[str] = []
+    finals: list[str] = []
     for m in _ANSWER_IS_RE.finditer(body):
         line_end = body.find("\n", m.end())
         rest = body[m.end() : line_end if line_end >= 0 else len(body)]
@@ -172,8 +200,18 @@ def _answer_is(body: str) -> list[str]:
             # "The answer is:\n\n18": the answer is on the next non-empty line.
             following = body[line_end : line_end + MAX_SPAN_CHARS].strip().split("\n", 1)
             rest = following[0] if following else ""
-        spans.append(_sentence(rest))
-    return spans
+        span = _sentence(rest)
+        heading = not body[: m.start()].strip(_HEADER_PREFIX_CHARS)
+        if (
+            heading
+            and not m.group("final")
+            and "=" in span
+            and line_end >= 0
+            and _DIGIT_RE.search(body, line_end) is not None
+        ):
+            continue
+        (finals if m.group("final") else spans).append(span)
+    return spans + finals
 
 
 def _answer_line(body: str) -> list[str]:

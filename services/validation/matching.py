@@ -10,7 +10,11 @@ Number policy (the gold decides):
 - A non-integer gold written as a fraction (`7/9`) is exact: the same value in any form (`14/18`,
   `\\frac{7}{9}`), or a decimal of at least two places that is the gold correctly rounded to the
   places it gives (`0.78`, `0.778`; not `0.8`). Method `rounded`.
-- No relative tolerance anywhere: a large number is equal or it is not.
+- A gold written as a binary float's text (a decimal with at least 15 significant digits:
+  `0.30000000000000004`, `33.333333333333336`, from data sets built with float arithmetic) also
+  accepts any answer within a relative `FLOAT_GOLD_TOLERANCE` (1e-9) of it: its last digits are
+  rounding noise, not a precision anyone chose. Method `float_gold`.
+- No other relative tolerance: a large number is equal or it is not.
 
 Non-numeric golds follow `text_answers` (ratios, clock times, yes/no, ordinals, names, several
 values). The answer comes from the `answers` ladder; a rung whose span holds no readable answer
@@ -20,7 +24,9 @@ different values are `ambiguous`, never a match; so is a span stating several nu
 
 Program answers go through the same comparison: the sandbox's `Answer` record or a plain value
 (`program_answers.plain_program_value`). A float is read at 12 significant digits (so `0.1*3` is
-0.3), an integer or fraction exactly; a string is read like the text after a CoT marker.
+0.3) and, when that does not match a number gold, by its shortest repr (so a program answering
+exactly the gold's text `0.1234567890123` matches); an integer or fraction exactly; a string is
+read like the text after a CoT marker.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from services.validation.program_answers import Unsupported, plain_program_value
 from services.validation.reading import (
     ReadFailure,
     ReadNumber,
+    float_repr_number,
+    is_float_text,
     number_from_value,
     read_number_list,
     read_single_number,
@@ -73,6 +81,9 @@ from services.validation.verdict import (
 )
 
 GoldSpec = str | Gold | Consensus | None
+# A gold written as a binary float's text (`0.30000000000000004`, `33.333333333333336`) is
+# compared within this relative tolerance, not at its written precision.
+FLOAT_GOLD_TOLERANCE = Fraction(1, 10**9)
 MAX_PROGRAM_TEXT_CHARS = 10_000
 _LINE_FALLBACK_SHAPES = ("text", "texts", "boolean", "clock", "colon")
 
@@ -87,11 +98,14 @@ class _Reading:
 
 
 def compare_numbers(said: ReadNumber, gold: ReadNumber) -> str | None:
-    """How `said` matches the gold number (`exact`, `precision`, `rounded`), or None."""
+    """How `said` matches the gold number (`exact`, `float_gold`, `precision`, `rounded`), or
+    None."""
     if said.value == gold.value:
         return "exact"
     if gold.value.denominator == 1:
         return None
+    if is_float_text(gold.text) and abs(said.value - gold.value) <= FLOAT_GOLD_TOLERANCE * abs(gold.value):
+        return "float_gold"
     if gold.decimals is not None:
         if abs(said.value - gold.value) * 2 * 10**gold.decimals <= 1:
             return "precision"
@@ -403,7 +417,13 @@ def _judge_value(value: object, gold: Gold) -> Verdict:
     if number is None:
         return _program_mismatch(f"not a finite number: {value!r}"[:80], value, gold)
     if gold.shape == "number":
-        return _program_verdict(_number_reading(number, gold), value, gold)
+        reading = _number_reading(number, gold)
+        shortest = float_repr_number(value) if isinstance(value, float) else None
+        if not reading.matched and shortest is not None:
+            # The float's shortest repr: a program answering exactly the gold's text matches.
+            exact = _number_reading(shortest, gold)
+            reading = exact if exact.matched else reading
+        return _program_verdict(reading, value, gold)
     if gold.shape == "numbers":
         return _program_verdict(_numbers_reading([number], gold), value, gold)
     if gold.shape == "ordinal":

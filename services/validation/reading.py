@@ -6,13 +6,23 @@
 `\\text{...}` and its kin keep their content, `\\%` is `%`, `\\times`/`\\cdot` are `×`, unicode minus
 is `-`, `²`/`³` are `^2`/`^3`, and the text is NFKC-normalised (full-width digits).
 
+Unicode vulgar fractions are fractions (`½` is `1/2`, `2½` and `2 ½` the mixed number `2 1/2`,
+never twenty-one halves), and a scale word after a number multiplies it (`1.5 million` is
+1,500,000, `$12 thousand` is 12,000; `18 hundred-dollar bills` is 18).
+
 `read_single_number` reads the one number an answer states. It accepts a leading currency sign,
 thousands separators only in groups of three (`1,234,567`; `1,23` is malformed, not 123), a
 decimal point, `a/b` fractions and mixed numbers, scientific notation (`1.5e3`, `1.5 × 10^3`),
 leading zeros, a trailing `%` (kept as written: `50%` is 50) and any words or units after it
 (`18 apples`, `12 cm^2`). Around it: the answer's first clause only (`18, since 3 × 6 = 18` is
 18), the right-hand side of a last `=` (`3 × 6 = 18`), and parenthesised asides after the number
-are ignored. Several different numbers (`18 or 20`, `2-3`) are ambiguous; an arithmetic
+are ignored. "<expression>, which is N" (also "which equals", "which gives", "that is") is N when
+what comes before is an expression (`3/4 of 24, which is 18`, `half of 36, which is 18`); a plain
+number keeps its value (`18, which is 3 more than 15` is 18). A span with no digits is read in
+words (`number_words`: `eighteen`, `three and a half`, `two point five`); a number word we do not
+read (`a dozen`, `several hundred`) makes it unreadable, not empty, so the matcher never falls
+back to a number from the reasoning; digits followed by `and a half` are the mixed number.
+Several different numbers (`18 or 20`, `2-3`) are ambiguous; an arithmetic
 expression is evaluated exactly by `arithmetic.evaluate` (bounded by construction).
 
 Every function here does bounded work: text is cut to `MAX_TEXT_CHARS`, digit runs longer than
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from services.validation.arithmetic import evaluate
+from services.validation.number_words import spell_out_digits
 
 MAX_TEXT_CHARS = 100_000  # longer text is cut (callers reject it earlier; this is the floor)
 MAX_DIGITS = 200  # a digit run longer than this is not a number we read
@@ -63,9 +74,41 @@ _TOKEN_RE = re.compile(
         [eE](?P<exp>[-+]?\d{1,4})(?![\d])
       | \s?[×x*]\s?10\s?\^\s?\(?(?P<exp2>[-+]?\d{1,4})\)?
     )?
+    (?:\s(?P<scale>hundred|thousand|million|billion|trillion)(?![-\w]))?         # 1.5 million
     (?P<pct>\s?%)?
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.IGNORECASE,
+)
+_SCALES = {"hundred": 2, "thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+# Unicode vulgar fractions: NFKC would turn "2½" into "21⁄2" (twenty-one halves).
+_VULGAR_RE = re.compile(r"(\d?)\s?([\u00bc-\u00be\u2150-\u215e])")
+_WHICH_IS_RE = re.compile(
+    r",?\s(?:which|that)\s(?:is\s(?:equal\sto\s)?|equals\s|gives\s|makes\s|comes\sto\s|works\sout\sto\s)",
+    re.IGNORECASE,
+)
+# Words that make the number before a "which is N" part of an expression ("half of 36").
+_EXPRESSION_WORDS_RE = re.compile(r"\b(?:of|half|twice|double|triple|thrice|times|percent)\b", re.IGNORECASE)
+_WORD_RE = re.compile(r"[^\W\d_]+")
+_REASONING_OPENERS = frozenset(
+    [
+        "let",
+        "let's",
+        "lets",
+        "we",
+        "i",
+        "to",
+        "first",
+        "here",
+        "this",
+        "in",
+        "since",
+        "because",
+        "if",
+        "before",
+        "step",
+        "so",
+        "now",
+    ]
 )
 _PAREN_ASIDE_RE = re.compile(r"\([^()]{0,300}\)")
 _UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z)])\s?\^\s?\(?-?\d\)?")
@@ -109,6 +152,7 @@ def clean_answer_text(text: str) -> str:
     """Plain text for an answer written with LaTeX/Markdown (see the module docstring)."""
     s = text[:MAX_TEXT_CHARS]
     s = s.replace("²", "^2").replace("³", "^3").replace("\u2212", "-")
+    s = _VULGAR_RE.sub(_vulgar_replacement, s)
     s = unicodedata.normalize("NFKC", s).replace("\u2044", "/")
     s = _LONG_DIGITS_RE.sub(lambda m: m.group() if len(m.group()) <= MAX_DIGITS else LONG_NUMBER, s)
     s = s.replace("\\$", "$").replace("\\%", "%").replace("\\!", "")
@@ -124,6 +168,12 @@ def clean_answer_text(text: str) -> str:
     s = _DELIMITERS_RE.sub("", s)
     s = s.replace("{", "").replace("}", "")
     return _SPACE_RE.sub(" ", s).strip()
+
+
+def _vulgar_replacement(m: re.Match[str]) -> str:
+    whole = m.group(1)
+    fraction = unicodedata.normalize("NFKC", m.group(2)).replace("\u2044", "/")
+    return f"{whole} {fraction}" if whole else f"{m.group()[:-1]}{fraction}"
 
 
 def _frac_replacement(m: re.Match[str]) -> str:
@@ -168,6 +218,11 @@ def _token_number(m: re.Match[str]) -> ReadNumber | None:
             return None
         value *= Fraction(10) ** exp
         decimals = None if decimals is None else max(0, decimals - exp)
+    scale = m.group("scale")
+    if scale is not None:
+        exp = _SCALES[scale.lower()]
+        value *= 10**exp
+        decimals = None if decimals is None else max(0, decimals - exp)
     return ReadNumber(-value if negative else value, decimals, m.group().strip())
 
 
@@ -191,12 +246,58 @@ def first_clause(text: str) -> str:
 
 def read_single_number(span: str) -> ReadNumber | ReadFailure:
     """The one number an answer span states (see the module docstring for what is accepted)."""
-    s = first_clause(clean_answer_text(span))
+    s = clean_answer_text(span)
+    which = _WHICH_IS_RE.search(s)
+    if which is not None:
+        # "3/4 of 24, which is 18": the number after "which is" is the answer when what comes
+        # before it is an expression; "18, which is 3 more than 15" keeps 18.
+        head, tail = _read_clause(s[: which.start()]), _read_clause(s[which.end() :])
+        if isinstance(tail, ReadNumber) and not _plain_number(head, s[: which.start()]):
+            return tail
+        return head
+    return _read_clause(s)
+
+
+def _read_clause(s: str) -> ReadNumber | ReadFailure:
+    s = first_clause(s)
     parts = _EQUALS_RE.split(s)
     if len(parts) > 1:
         tail = parts[-1].strip()
         s = tail or parts[-2]
-    return _read_number_in(s.strip())
+    s = s.strip()
+    if _TOKEN_RE.search(s) is None and LONG_NUMBER not in s:
+        return _read_words(s)
+    return _read_number_in(spell_out_digits(s, mixed_only=True)[0])
+
+
+def _read_words(s: str) -> ReadNumber | ReadFailure:
+    """The number a span without digits states in words (`number_words`)."""
+    spelled, unread = spell_out_digits(s)
+    if unread:
+        return ReadFailure("no_answer", f"a number in words that is not read: {s[:60]!r}")
+    if spelled == s:
+        return ReadFailure("no_answer", "no number in the answer", empty=True)
+    words = [w.lower() for w in _WORD_RE.findall(s)]
+    if words[0] in _REASONING_OPENERS or (
+        len(words) > 3
+        and words[0] in ("one", "a", "an")
+        and spell_out_digits(" ".join(words[1:]))[0] == " ".join(words[1:])
+    ):
+        # "Answer: let's do it in two steps", "One way to solve this is ...": working, not an
+        # answer in words.
+        return ReadFailure("no_answer", "no number in the answer", empty=True)
+    number = _read_number_in(spelled.strip())
+    if isinstance(number, ReadNumber):
+        return ReadNumber(number.value, number.decimals, s)
+    return number
+
+
+def _plain_number(reading: ReadNumber | ReadFailure, text: str) -> bool:
+    """Whether `reading` of `text` is one number as written (an evaluated expression keeps the
+    whole text as its `text`), not an expression such as `half of 36`."""
+    if not isinstance(reading, ReadNumber) or _EXPRESSION_WORDS_RE.search(text) is not None:
+        return False
+    return reading.text != text.strip() or _TOKEN_RE.fullmatch(text.strip()) is not None
 
 
 def _read_number_in(s: str) -> ReadNumber | ReadFailure:
@@ -240,6 +341,11 @@ def read_number_list(span: str, limit: int = 50) -> list[ReadNumber] | ReadFailu
     if LONG_NUMBER in s:
         return ReadFailure("no_answer", f"a number longer than {MAX_DIGITS} digits")
     s = _UNIT_POWER_RE.sub("", s)
+    if _TOKEN_RE.search(s) is None:
+        spelled, unread = spell_out_digits(s)
+        if unread:
+            return ReadFailure("no_answer", f"a number in words that is not read: {s[:60]!r}")
+        s = spelled
     numbers = find_numbers(s, limit=limit)
     if not numbers:
         return ReadFailure("no_answer", "no number in the answer", empty=True)
@@ -251,7 +357,8 @@ def number_from_value(value: object) -> ReadNumber | None:
 
     Integers and `Fraction`s are exact. A float is read at 12 significant digits: that removes
     binary rounding error (`0.1 * 3` is 0.3, `17.999999999999996` is 18) and nothing more, and
-    those digits are its written precision. NaN, infinities and booleans are not numbers.
+    those digits are its written precision (the matcher also tries `float_repr_number`, the
+    float's shortest repr). NaN, infinities and booleans are not numbers.
     """
     if isinstance(value, bool):
         return None
@@ -272,3 +379,25 @@ def number_from_value(value: object) -> ReadNumber | None:
             return None
         return ReadNumber(number.value, number.decimals, repr(value))
     return None
+
+
+def float_repr_number(value: float) -> ReadNumber | None:
+    """A float read from its shortest repr (`0.30000000000000004`), with that precision."""
+    if not math.isfinite(value):
+        return None
+    m = _TOKEN_RE.fullmatch(repr(value).replace("e+", "e"))
+    return _token_number(m) if m else None
+
+
+FLOAT_TEXT_DIGITS = 15
+_SIGNIFICANT_RE = re.compile(r"[-+]?(\d*)\.(\d+)(?:[eE][-+]?\d+)?")
+
+
+def is_float_text(text: str) -> bool:
+    """Whether `text` is a decimal written with at least `FLOAT_TEXT_DIGITS` significant digits:
+    the text of a binary float (`0.30000000000000004`), not a precision anyone chose."""
+    m = _SIGNIFICANT_RE.fullmatch(text.strip())
+    if m is None:
+        return False
+    digits = (m.group(1) + m.group(2)).lstrip("0")
+    return len(digits) >= FLOAT_TEXT_DIGITS

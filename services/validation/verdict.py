@@ -18,7 +18,7 @@ Kinds (`VERDICT_KINDS`):
 
 `marker` says where the answer came from (`boxed`, `hashes`, `answer_is`, `answer_line`,
 `last_number`, `last_line`, `program`, or `given` for an answer handed over already extracted);
-`method` how it was compared (`exact`, `precision`, `rounded`, `numbers`, `colon`, `clock`,
+`method` how it was compared (`exact`, `float_gold`, `precision`, `rounded`, `numbers`, `colon`, `clock`,
 `boolean`, `ordinal`, `text`), or `consensus` when the gold was a pseudo-gold (the comparison is
 then in `details.compared_by`). `confidence` is `low` only when the answer was found by a
 fallback (`last_number`, `last_line`). `details` holds JSON values only: the `gold` compared
