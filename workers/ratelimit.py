@@ -19,18 +19,26 @@ provider reported (`settle`), refunding or charging the difference.
 On a 429 the caller reports the provider's `Retry-After` with `back_off`: every worker for that
 (provider, model) then waits, not just the one that was refused.
 
+Limits are bounded like the teacher options `rpm` and `tpm` (`services.teachers.spec.RPM_RANGE`,
+`TPM_RANGE`): a limit of 1e-300 per minute would overflow the script's arithmetic. A wait, however
+long, is slept in slices of at most `RateLimiter.max_sleep_s`, and `should_stop` is asked after
+every slice, so a cancelled job is heard within a slice.
+
 Storage: keys `{prefix}:{provider}:{model}:{rpm|tpm|pause}`, each expiring once idle. If Redis is
 restarted empty, limits start again from a full bucket, which errs by at most one burst.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
+
+from services.teachers.spec import RPM_RANGE, TPM_RANGE
 
 _TAKE = """
 local t = redis.call('TIME')
@@ -98,12 +106,14 @@ class RateLimits:
     burst_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute"):
+        for name, (low, high) in (("requests_per_minute", RPM_RANGE), ("tokens_per_minute", TPM_RANGE)):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if self.burst_seconds < 0:
-            raise ValueError(f"burst_seconds must be >= 0, got {self.burst_seconds}")
+            if value is not None and not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(
+                    f"{name} must be a finite number from {low:,.0f} to {high:,.0f}, got {value}"
+                )
+        if not (math.isfinite(self.burst_seconds) and self.burst_seconds >= 0):
+            raise ValueError(f"burst_seconds must be a finite number >= 0, got {self.burst_seconds}")
 
     @property
     def unlimited(self) -> bool:
@@ -129,10 +139,16 @@ def _interval_ms(per_minute: float | None) -> float:
 class RateLimiter:
     """Shared budgets in Redis. Safe to use from many threads, processes and hosts."""
 
-    def __init__(self, client: Redis, prefix: str = "kpdd:rl", idle_ttl_s: float = 300.0) -> None:
+    def __init__(
+        self, client: Redis, prefix: str = "kpdd:rl", idle_ttl_s: float = 300.0, max_sleep_s: float = 1.0
+    ) -> None:
+        if not (math.isfinite(max_sleep_s) and max_sleep_s > 0):
+            raise ValueError(f"max_sleep_s must be a finite number > 0, got {max_sleep_s}")
         self.client = client
         self.prefix = prefix
         self.idle_ttl_ms = idle_ttl_s * 1000
+        # The longest one sleep may last: `should_stop` is asked at least this often.
+        self.max_sleep_s = max_sleep_s
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
         self._pause = client.register_script(_PAUSE)
@@ -172,23 +188,31 @@ class RateLimiter:
     ) -> Grant:
         """Block until the budgets allow one request of `tokens` tokens, then take it.
 
-        Sleeps for the time the script says (plus a little jitter so waiting workers do not
-        all retry at the same instant). Raises `RateLimitTimeout` past `timeout_s`, or when
-        `should_stop()` turns true (a cancelled job).
+        Waits the time the script says (plus a little jitter so waiting workers do not all
+        retry at the same instant), in sleeps of at most `max_sleep_s`. Raises
+        `RateLimitTimeout` past `timeout_s`, or when `should_stop()` turns true (a cancelled
+        job), which is asked before the first sleep and after every one.
         """
         start = time.monotonic()
+        stopped = should_stop or (lambda: False)
         while True:
             wait = self.try_acquire(provider, model, limits, tokens)
             if wait <= 0:
                 return Grant(tokens=max(0, tokens), waited_s=time.monotonic() - start)
-            if should_stop is not None and should_stop():
+            if stopped():
                 raise RateLimitTimeout("stopped while waiting for rate-limit capacity")
             elapsed = time.monotonic() - start
             if timeout_s is not None and elapsed + wait > timeout_s:
                 raise RateLimitTimeout(
                     f"no capacity for {provider}:{model} within {timeout_s:.1f} s (next in {wait:.2f} s)"
                 )
-            sleep(wait + random.uniform(0, min(0.05, wait * 0.1)))
+            left = wait + random.uniform(0, min(0.05, wait * 0.1))
+            while left > 0:
+                slice_s = min(left, self.max_sleep_s)
+                sleep(slice_s)
+                left -= slice_s
+                if stopped():
+                    raise RateLimitTimeout("stopped while waiting for rate-limit capacity")
 
     def settle(self, provider: str, model: str, limits: RateLimits, reserved: int, actual: int) -> None:
         """Correct the token budget once the real usage is known (refund or extra charge)."""

@@ -24,9 +24,17 @@ call: an unknown option, or a value out of range, fails with a `BadInputError` n
 - `anthropic`: `top_k` (no `seed`: Anthropic has none);
 - every provider: `rpm`, `tpm`: requests and tokens per minute allowed for this (provider,
   model), enforced by the workers' shared rate limiter (they are not sent, nor part of a
-  request's fingerprint).
+  request's fingerprint). Finite, `rpm` from 1 to 10,000,000 and `tpm` from 100 to
+  10,000,000,000 (`RPM_RANGE`, `TPM_RANGE`): a tinier limit would make the limiter wait for
+  days per request, or overflow its arithmetic.
 
-`api_key_env` names a variable; the key itself never appears in a spec, an option or a row.
+`api_key_env` names a variable; the key itself never appears in a spec, an option or a row. It
+may name only a key variable (`keys.key_variable_problem`: upper-case, ending in `_API_KEY`,
+`_KEY` or `_TOKEN`, never `KPDD_*`). A base URL may not carry a credential either: no user info
+(`http://user:pass@host`) and no query parameter named like one (`CREDENTIAL_QUERY_WORDS`).
+
+Error messages echo the spec with secrets masked (`redact_spec`): the user info of a URL,
+everything between its first and last `@`, and every query string become `[redacted]`.
 """
 
 from __future__ import annotations
@@ -35,17 +43,30 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.errors import BadInputError
+from services.teachers.keys import DEFAULT_KEY_VARIABLES, KEY_VARIABLE_RULE, key_variable_problem
 
 PROVIDERS = ("openai", "anthropic", "openai-compatible", "sim")
 DEFAULT_MAX_TOKENS = 1024
+# Bounds of the shared rate limits (per minute), inclusive.
+RPM_RANGE = (1.0, 10_000_000.0)
+TPM_RANGE = (100.0, 10_000_000_000.0)
+# A base-URL query parameter whose lower-cased name contains one of these carries a credential.
+CREDENTIAL_QUERY_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "credential", "signature", "sig")
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=*-]*$")
+# Only a value shaped like an environment variable name is echoed for api_key_env: anything else
+# may be the key itself, pasted in the wrong place.
+_SHOWABLE_VARIABLE_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_RANGE_RULES = {
+    "rpm": f"requests per minute: a finite number from {RPM_RANGE[0]:,.0f} to {RPM_RANGE[1]:,.0f}",
+    "tpm": f"tokens per minute: a finite number from {TPM_RANGE[0]:,.0f} to {TPM_RANGE[1]:,.0f}",
+}
 
 
 class TeacherOptions(BaseModel):
@@ -60,10 +81,18 @@ class TeacherOptions(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=200_000)
-    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME_RE.pattern)
+    api_key_env: str | None = None
     # Shared rate limits for this (provider, model), enforced across every worker (not sent).
-    rpm: float | None = Field(default=None, gt=0)
-    tpm: float | None = Field(default=None, gt=0)
+    rpm: float | None = Field(default=None, ge=RPM_RANGE[0], le=RPM_RANGE[1], allow_inf_nan=False)
+    tpm: float | None = Field(default=None, ge=TPM_RANGE[0], le=TPM_RANGE[1], allow_inf_nan=False)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _only_key_variables(cls, value: str | None) -> str | None:
+        problem = None if value is None else key_variable_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; it must be {KEY_VARIABLE_RULE}, e.g. api_key_env=VLLM_API_KEY")
+        return value
 
     def generation(self) -> dict[str, Any]:
         """The options sent to the provider, without unset ones, in a stable order."""
@@ -113,15 +142,37 @@ class TeacherSpec:
         return text + "".join(f",{k}={v}" for k, v in sorted(given.items()))
 
 
-def parse_option_pairs(pairs: Iterable[str], where: str = "--teacher-option") -> dict[str, str]:
+def redact_spec(text: str) -> str:
+    """`text` (a spec, a URL) fit for an error message: the user info of a URL (from `://` to
+    the last `@`), everything between the first and the last `@` (a URL's user info without a
+    scheme) and every query string and fragment (to the end of the text) become `[redacted]`.
+    Over-redacts rather than leak: a password may hold `/`, `@` or `,`."""
+    shown = re.sub(r"://.*@", "://[redacted]@", text, flags=re.S)
+    first, last = shown.find("@"), shown.rfind("@")
+    if first < last:
+        scheme = _SCHEME_RE.match(shown[first + 1 : last])
+        shown = shown[: first + 1] + (scheme.group(0) if scheme else "") + "[redacted]" + shown[last:]
+    return re.sub(r"([?#]).*", r"\1[redacted]", shown, flags=re.S)
+
+
+def _redact_url(url: str) -> str:
+    """A base URL alone, redacted: any `@` in it ends user info, with or without a scheme."""
+    return redact_spec("@" + url)[1:]
+
+
+def parse_option_pairs(
+    pairs: Iterable[str], where: str = "--teacher-option", *, echo_pair: bool = True
+) -> dict[str, str]:
     """`["temperature=0.2", ...]` -> `{"temperature": "0.2"}`; a pair without `=` or a key given
-    twice is a BadInputError."""
+    twice is a BadInputError. With `echo_pair=False` a bad pair is named by its position only
+    (it may be a piece of a URL's password, cut at a comma)."""
     out: dict[str, str] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, start=1):
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise BadInputError(f"{where} {pair!r}: expected OPTION=VALUE, e.g. temperature=0.2")
+            named = repr(pair) if echo_pair else f"#{number}"
+            raise BadInputError(f"{where} {named}: expected OPTION=VALUE, e.g. temperature=0.2")
         if key in out:
             raise BadInputError(f"teacher option {key!r} is given twice; give it once")
         out[key] = value.strip()
@@ -131,30 +182,43 @@ def parse_option_pairs(pairs: Iterable[str], where: str = "--teacher-option") ->
 def parse_spec(text: str, extra_options: Mapping[str, str] | None = None) -> TeacherSpec:
     """Parse `PROVIDER:MODEL[@BASE_URL][,OPTION=VALUE]...` plus options given separately.
 
-    Raises BadInputError naming the part that is wrong (provider, model, URL or option)."""
+    Raises BadInputError naming the part that is wrong (provider, model, URL or option). Its
+    message shows the spec through `redact_spec`, never a credential of its URL."""
     raw = text.strip()
+    shown = redact_spec(raw)
     head, *option_parts = raw.split(",")
     provider, sep, rest = head.partition(":")
     provider = provider.strip().lower()
     if not sep or not rest.strip():
         raise BadInputError(
-            f"teacher spec {text!r}: expected PROVIDER:MODEL, e.g. openai:gpt-4o-mini or sim:gold"
+            f"teacher spec {shown!r}: expected PROVIDER:MODEL, e.g. openai:gpt-4o-mini or sim:gold"
         )
     if provider not in PROVIDERS:
         raise BadInputError(
-            f"teacher spec {text!r}: unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}"
+            f"teacher spec {shown!r}: unknown provider {redact_spec(provider)!r}; "
+            f"use one of {', '.join(PROVIDERS)}"
         )
     model, at, base_url = rest.partition("@")
     model = model.strip()
-    if not _MODEL_RE.match(model):
-        raise BadInputError(f"teacher spec {text!r}: {model!r} is not a model name")
-    url = _check_base_url(text, base_url.strip()) if at else None
-    if provider == "openai-compatible" and url is None:
+    # The model is not echoed on its own: `openai-compatible:http://user:pass@host` puts a
+    # password in it, and only the whole spec is redacted reliably.
+    if "://" in model:
         raise BadInputError(
-            f"teacher spec {text!r}: an openai-compatible teacher needs its server, "
+            f"teacher spec {shown!r}: the model is missing or is a URL; write PROVIDER:MODEL@URL, "
             "e.g. openai-compatible:Qwen2.5-72B-Instruct@http://host:8000/v1"
         )
-    options = parse_option_pairs(option_parts, where=f"teacher spec {text!r}: option")
+    if not _MODEL_RE.match(model):
+        raise BadInputError(
+            f"teacher spec {shown!r}: the part between PROVIDER: and @ is not a model name "
+            "(letters, digits and ._:/+=*- only)"
+        )
+    url = _check_base_url(shown, provider, base_url.strip()) if at else None
+    if provider == "openai-compatible" and url is None:
+        raise BadInputError(
+            f"teacher spec {shown!r}: an openai-compatible teacher needs its server, "
+            "e.g. openai-compatible:Qwen2.5-72B-Instruct@http://host:8000/v1"
+        )
+    options = parse_option_pairs(option_parts, where=f"teacher spec {shown!r}: option", echo_pair=False)
     for key, value in (extra_options or {}).items():
         if key in options:
             raise BadInputError(
@@ -177,27 +241,67 @@ def build_options(provider: str, values: Mapping[str, Any]) -> TeacherOptions:
             raise BadInputError(
                 f"teacher option {name!r} is not supported by {provider} teachers (supported: {known})"
             ) from None
-        shown = values.get(name)
-        raise BadInputError(f"teacher option {name}={shown!r} is invalid: {error['msg']}") from None
+        given = values.get(name)
+        if name == "api_key_env" and not (isinstance(given, str) and _SHOWABLE_VARIABLE_RE.match(given)):
+            # Not a variable name: perhaps the key itself, which is never echoed.
+            shown = "api_key_env (value not shown: it is not a variable name; is it the key itself?)"
+        else:
+            shown = f"{name}={given!r}"
+        message = error["msg"]
+        if error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error", message))
+        rule = _RANGE_RULES.get(name)
+        raise BadInputError(
+            f"teacher option {shown} is invalid: {message}" + (f"; {name} must be {rule}" if rule else "")
+        ) from None
 
 
-def _check_base_url(text: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BadInputError(f"teacher spec {text!r}: base URL {url!r} must look like http://host:port/v1")
-    if parts.username or parts.password:
+def _credential_advice(provider: str) -> str:
+    default = DEFAULT_KEY_VARIABLES.get(provider)
+    if default is not None:
+        return f"put the key in {default} (or in another key variable named with api_key_env=NAME)"
+    return (
+        "put the key in a variable such as MY_SERVER_API_KEY and name it with api_key_env=MY_SERVER_API_KEY"
+    )
+
+
+def _check_base_url(shown: str, provider: str, url: str) -> str:
+    """The base URL, checked: http(s), a host, a valid port, no credential. `shown` is the
+    redacted spec; neither `url` nor any exception about it (a bad port's message quotes it)
+    reaches the error."""
+    bad_shape = BadInputError(
+        f"teacher spec {shown!r}: base URL {_redact_url(url)!r} must look like http://host:port/v1"
+    )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise bad_shape from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad_shape
+    if parts.username is not None or parts.password is not None:
         # A URL is stored and printed; credentials belong in the key variable.
         raise BadInputError(
-            f"teacher spec {text!r}: the base URL must not carry credentials; "
-            "put the key in a variable and name it with api_key_env=VARIABLE"
+            f"teacher spec {shown!r}: the base URL must not carry credentials (user info); "
+            + _credential_advice(provider)
         )
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        lowered = name.lower()
+        if any(word in lowered for word in CREDENTIAL_QUERY_WORDS):
+            raise BadInputError(
+                f"teacher spec {shown!r}: the base URL must not carry credentials "
+                f"(query parameter {name!r}); " + _credential_advice(provider)
+            )
     return url.rstrip("/")
 
 
 __all__ = [
+    "CREDENTIAL_QUERY_WORDS",
     "DEFAULT_MAX_TOKENS",
     "OPTIONS_MODELS",
     "PROVIDERS",
+    "RPM_RANGE",
+    "TPM_RANGE",
     "AnthropicOptions",
     "OpenAIOptions",
     "TeacherOptions",
@@ -205,4 +309,5 @@ __all__ = [
     "build_options",
     "parse_option_pairs",
     "parse_spec",
+    "redact_spec",
 ]

@@ -7,6 +7,7 @@ exact arithmetic on the stored state; none is a speed measurement.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import time
 
 import pytest
@@ -92,9 +93,82 @@ def test_unlimited_never_touches_redis(client: redis.Redis) -> None:
     assert client.dbsize() == 0
 
 
-def test_invalid_limits_are_rejected() -> None:
-    with pytest.raises(ValueError, match="requests_per_minute must be positive"):
-        RateLimits(requests_per_minute=0)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("requests_per_minute", 0),
+        ("requests_per_minute", 1e-300),  # used to overflow the script's arithmetic
+        ("requests_per_minute", 0.01),  # used to block a worker thread for 100 minutes a take
+        ("requests_per_minute", float("inf")),
+        ("requests_per_minute", float("nan")),
+        ("requests_per_minute", 1e8),
+        ("tokens_per_minute", 99),
+        ("tokens_per_minute", float("nan")),
+        ("tokens_per_minute", 1e11),
+    ],
+)
+def test_invalid_limits_are_rejected(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a finite number from"):
+        RateLimits(**{field: value})
+
+
+def test_limits_at_their_bounds_are_accepted() -> None:
+    assert not RateLimits(requests_per_minute=1, tokens_per_minute=100).unlimited
+    assert not RateLimits(requests_per_minute=10_000_000, tokens_per_minute=10_000_000_000).unlimited
+    with pytest.raises(ValueError, match="burst_seconds"):
+        RateLimits(requests_per_minute=1, burst_seconds=float("inf"))
+
+
+def test_a_long_wait_is_slept_in_bounded_slices_asking_to_stop_after_each(client: redis.Redis) -> None:
+    limiter = RateLimiter(client)  # slices of at most 1 s by default
+    limits = RateLimits(requests_per_minute=1, burst_seconds=0)  # the next take waits ~60 s
+    limiter.acquire("p", "m", limits)
+    slept: list[float] = []
+    asked = 0
+
+    def stop_after_three_slices() -> bool:
+        nonlocal asked
+        asked += 1
+        return len(slept) >= 3
+
+    with pytest.raises(RateLimitTimeout, match="stopped"):
+        limiter.acquire("p", "m", limits, should_stop=stop_after_three_slices, sleep=slept.append)
+    assert slept == [1.0, 1.0, 1.0]  # not one 60 s sleep
+    limiter = RateLimiter(client, max_sleep_s=0.25)
+    slept.clear()
+    with pytest.raises(RateLimitTimeout, match="stopped"):
+        limiter.acquire("p", "m", limits, should_stop=lambda: len(slept) >= 2, sleep=slept.append)
+    assert slept == [0.25, 0.25]
+    assert asked == 4  # before the first sleep, and after every slice
+
+
+def test_a_waiting_thread_returns_promptly_when_its_job_is_cancelled(client: redis.Redis) -> None:
+    limiter = RateLimiter(client)
+    limits = RateLimits(requests_per_minute=1, burst_seconds=0)
+    limiter.acquire("p", "m", limits)
+    cancelled = threading.Event()
+    outcome: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            limiter.acquire("p", "m", limits, should_stop=cancelled.is_set)
+        except RateLimitTimeout as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take, daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waiting for the ~60 s the budget asks
+    cancelled.set()
+    waiter.join(timeout=10)  # generous: a slice is 1 s; unsliced, the sleep lasted the whole 60 s
+    assert not waiter.is_alive()
+    assert len(outcome) == 1 and "stopped" in str(outcome[0])
+
+
+def test_the_sleep_slice_must_be_positive(client: redis.Redis) -> None:
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="max_sleep_s"):
+            RateLimiter(client, max_sleep_s=bad)
 
 
 def _hammer(url: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]

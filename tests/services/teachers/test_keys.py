@@ -18,6 +18,7 @@ from db.engine import get_engine
 from services.errors import ConfigError
 from services.kpdd.prompts import render_prompt
 from services.teachers.base import TeacherRequest
+from services.teachers.keys import read_key
 from services.teachers.rationale import CallFailure, RationaleWork, produce_rationale
 from services.teachers.simulator import SimulatorHandle
 from tests.services.teachers.clients_support import (
@@ -118,16 +119,27 @@ def test_a_spec_may_name_its_own_key_variable(
     sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch, echo_server: EchoServer
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    spec = f"openai:gpt-4o-mini@{echo_server.url}/v1,api_key_env=KPDD_TEST_TEAM_KEY"
-    with pytest.raises(ConfigError, match="KPDD_TEST_TEAM_KEY") as info:
+    spec = f"openai:gpt-4o-mini@{echo_server.url}/v1,api_key_env=TEST_TEAM_API_KEY"
+    with pytest.raises(ConfigError, match="TEST_TEAM_API_KEY") as info:
         make_client(spec)
     assert "OPENAI_API_KEY, which" not in str(info.value)
-    monkeypatch.setenv("KPDD_TEST_TEAM_KEY", FAKE_OPENAI_KEY + "-team")
+    monkeypatch.setenv("TEST_TEAM_API_KEY", FAKE_OPENAI_KEY + "-team")
     with make_client(spec) as client:
         result = client.call(TeacherRequest(render_prompt(gsm8k_items(1)[0].question, "cot")))
     assert echo_server.seen == [FAKE_OPENAI_KEY + "-team"]
     assert result.error is not None and result.error.kind == "auth" and not result.error.retryable
     assert FAKE_OPENAI_KEY not in result.error.message and "[redacted]" in result.error.message
+
+
+def test_a_key_is_never_read_from_a_variable_that_does_not_hold_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A spec is checked when parsed; this guards any other way to a client (an old stored spec).
+    monkeypatch.setenv("KPDD_DATABASE_URL", "postgresql://kpdd:dbpassword@db/kpdd")
+    with pytest.raises(ConfigError, match="may not read its API key from KPDD_DATABASE_URL") as info:
+        read_key("KPDD_DATABASE_URL", "openai-compatible:Qwen")
+    assert "dbpassword" not in str(info.value)
+    assert "ending in _API_KEY, _KEY or _TOKEN" in str(info.value)
+    monkeypatch.setenv("TEAM_API_KEY", "sk-team")
+    assert read_key("TEAM_API_KEY", "openai-compatible:Qwen") == "sk-team"
 
 
 def test_an_openai_compatible_server_never_gets_the_openai_key(
