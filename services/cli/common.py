@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
-
-from db.engine import get_engine
-from db.migrate import current_revision, head_revision, upgrade
 from services.config import Settings, get_settings
 from services.errors import ConfigError, RunFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def redact_url(url: str) -> str:
@@ -31,6 +29,12 @@ def database_engine(settings: Settings | None = None) -> Engine:
     The embedded SQLite database is created and migrated on first use; a configured database
     (Postgres) must be migrated explicitly with `kpdd db upgrade`, so a deploy decides when.
     """
+    # Imported here: SQLAlchemy and Alembic cost a third of a second, which `--help` need not pay.
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import get_engine
+    from db.migrate import current_revision, head_revision, upgrade
+
     settings = settings or get_settings()
     url = settings.resolved_database_url
     engine = get_engine(url, pool_size=settings.worker_threads + 4)

@@ -6,15 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.orm import Session
-
-from db.queries.corpora import corpus_summaries
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.corpora.base import LoaderOptions
-from services.corpora.ingest import ingest_corpus
 from services.corpora.registry import LOADERS, get_loader
 from services.errors import BadInputError
 
@@ -52,6 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    # SQLAlchemy is imported by the handlers, not at the top: `kpdd ingest --help` stays light.
+    from services.corpora.ingest import ingest_corpus
+
     loader_cls = get_loader(args.format)
     if args.no_answer and args.numeric_gold:
         raise BadInputError("--no-answer and --numeric-gold contradict each other; pass one")
@@ -86,6 +83,12 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_corpora(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.orm import Session
+
+    from db.queries.corpora import corpus_summaries
+
     engine = database_engine()
     with Session(engine) as session:
         summaries = corpus_summaries(session)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from sqlalchemy.exc import OperationalError
-
-from db.engine import get_engine
-from db.migrate import current_revision, head_revision, upgrade
 from services.cli.common import print_json, redact_url
 from services.config import get_settings
 from services.errors import RunFailure
@@ -25,6 +21,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    # SQLAlchemy and Alembic are imported here, not at the top: `kpdd db --help` need not pay.
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import get_engine
+    from db.migrate import current_revision, upgrade
+
     url = get_settings().resolved_database_url
     try:
         upgrade(url, args.revision)
@@ -38,6 +40,9 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_current(args: argparse.Namespace) -> int:
+    from db.engine import get_engine
+    from db.migrate import current_revision, head_revision
+
     url = get_settings().resolved_database_url
     current = current_revision(get_engine(url))
     head = head_revision()

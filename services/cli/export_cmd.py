@@ -14,11 +14,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.orm import Session
-
-from db.queries.snapshots import list_snapshots
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.export.decontam import BUILTIN_EVAL_SETS
@@ -133,7 +128,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TEXT",
         help=f"seed of the split hash (default {DEFAULT_SPLIT_SEED})",
     )
-    export.add_argument("--format", default="parquet", choices=FORMATS)
+    export.add_argument("--format", default="parquet", choices=FORMATS, help="data file format")
     export.add_argument(
         "--layout",
         default="end-to-end",
@@ -233,6 +228,13 @@ def _print_summary(result: ExportResult) -> None:
 
 
 def run_snapshots(args: argparse.Namespace) -> int:
+    # Imported here: SQLAlchemy and rich are not needed to build the parser (`--help`).
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.orm import Session
+
+    from db.queries.snapshots import list_snapshots
+
     with Session(database_engine()) as session:
         records = list_snapshots(session)
     items = [

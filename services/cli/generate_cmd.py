@@ -16,23 +16,21 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from services.cli.common import database_engine, print_json
 from services.config import Settings, get_settings
 from services.errors import BadInputError, ConfigError
-from services.generation.dispatch import CeleryDispatcher
-from services.generation.execute import Generator
-from services.generation.jobs import cancel_job, create_job, resumable_chunks
-from services.generation.params import GenerateParams, parse_budget, parse_modes
-from services.generation.status import JobStatus, job_status, list_jobs, money
-from services.teachers.registry import build_client
-from services.teachers.spec import parse_option_pairs, parse_spec
-from services.training.dispatch import TRAINING_QUEUE, resolve_queues
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from services.generation.execute import Generator
+    from services.generation.params import GenerateParams
+    from services.generation.status import JobStatus
+
+# The generation stack (SDKs, sandbox, SQLAlchemy models) and rich are imported inside the
+# handlers, so `kpdd generate --help` and the parser of every command stay light.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,11 +52,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="OPTION=VALUE",
         help="an option for every teacher given, e.g. -O temperature=0.7",
     )
-    gen.add_argument("--mode", choices=("cot", "pot", "both"), default="cot")
+    gen.add_argument(
+        "--mode",
+        choices=("cot", "pot", "both"),
+        default="cot",
+        help="solution kind: cot (Chain-of-Thought text), pot (Python program) or both",
+    )
     gen.add_argument("--samples", type=int, default=1, help="samples per problem, teacher and mode")
     gen.add_argument("--until-valid", type=int, help="keep sampling until this many are valid")
     gen.add_argument("--max-attempts", type=int, help="with --until-valid: most samples to try")
-    gen.add_argument("--stage-mode", choices=("single", "staged"), default="single")
+    gen.add_argument(
+        "--stage-mode",
+        choices=("single", "staged"),
+        default="single",
+        help="single: one call writes the three stages; staged: one call per stage",
+    )
     gen.add_argument("--budget-usd", help="never spend more than this many dollars")
     gen.add_argument("--limit", type=int, help="only the first N problems (by id)")
     gen.add_argument("--chunk-size", type=int, default=16, help="problems per queued task (default 16)")
@@ -81,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="queues to consume, comma-separated: generation (default), training (GPU hosts: "
         "runs queued by `kpdd train --submit`), or full Celery queue names",
     )
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", default="INFO", help="Celery log level: DEBUG, INFO, WARNING, ERROR")
     worker.set_defaults(handler=run_worker)
 
     status = sub.add_parser("status", help="progress of a job, or a list of recent jobs")
@@ -102,6 +110,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _params(args: argparse.Namespace) -> GenerateParams:
+    from services.generation.params import GenerateParams, parse_budget, parse_modes
+    from services.teachers.spec import parse_option_pairs, parse_spec
+
     shared = parse_option_pairs(args.teacher_option)
     teachers = [parse_spec(text, shared).to_text() for text in args.teacher]
     return GenerateParams(
@@ -122,6 +133,9 @@ def _params(args: argparse.Namespace) -> GenerateParams:
 @contextmanager
 def local_generator(settings: Settings) -> Iterator[Generator]:
     """The in-process runner of the embedded default (no broker, no shared rate limiter)."""
+    from services.generation.execute import Generator
+    from services.teachers.registry import build_client
+
     url = settings.resolved_database_url
     generator = Generator(
         database_engine(settings),
@@ -136,6 +150,10 @@ def local_generator(settings: Settings) -> Iterator[Generator]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from services.generation.dispatch import CeleryDispatcher
+    from services.generation.jobs import create_job
+    from services.generation.status import job_status
+
     settings = get_settings()
     params = _params(args)
     engine = database_engine(settings)
@@ -176,6 +194,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_inline(generator: Generator, job_id: int, chunks: list[int], total: int, *, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     console = Console(stderr=True)
     with Progress(
         TextColumn(f"job {job_id}"),
@@ -195,6 +216,8 @@ def _run_inline(generator: Generator, job_id: int, chunks: list[int], total: int
 
 
 def _follow(engine: Engine, job_id: int, as_json: bool) -> int:
+    from services.generation.status import job_status
+
     while True:
         status = job_status(engine, job_id)
         if status.status not in ("queued", "running"):
@@ -208,6 +231,8 @@ def _follow(engine: Engine, job_id: int, as_json: bool) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from services.training.dispatch import TRAINING_QUEUE, resolve_queues
+
     settings = get_settings()
     if not settings.broker_url:
         raise ConfigError(
@@ -253,6 +278,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.generation.status import job_status, list_jobs, money
+
     engine = database_engine()
     if args.job is None:
         jobs = list_jobs(engine)
@@ -289,6 +319,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _watch(engine: Engine, job_id: int) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.generation.status import job_status
+
     console = Console()
     status = job_status(engine, job_id)
     with Progress(
@@ -312,6 +347,11 @@ def _watch(engine: Engine, job_id: int) -> int:
 
 
 def _print_status(status: JobStatus) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.generation.status import money
+
     console = Console()
     states = ", ".join(f"{k} {v}" for k, v in sorted(status.states.items()))
     console.print(
@@ -352,6 +392,10 @@ def _print_status(status: JobStatus) -> None:
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    from services.generation.dispatch import CeleryDispatcher
+    from services.generation.jobs import resumable_chunks
+    from services.generation.status import job_status
+
     settings = get_settings()
     engine = database_engine(settings)
     chunks = resumable_chunks(engine, args.job)
@@ -382,6 +426,8 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    from services.generation.jobs import cancel_job
+
     stopped = cancel_job(database_engine(), args.job)
     if args.json:
         print_json({"job_id": args.job, "status": "cancelled", "problems_cancelled": stopped})

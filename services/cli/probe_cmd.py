@@ -16,21 +16,22 @@ import argparse
 import statistics
 import time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from db.queries.corpora import first_problems
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.errors import BadInputError, ConfigError, RunFailure
 from services.kpdd.records import MODES, STAGE_MODES, KeyPoints, ParseFailure
-from services.teachers.judging import AnswerJudge, ProbeVerdict, unchecked
 from services.teachers.keys import DEFAULT_KEY_VARIABLES
 from services.teachers.pricing import usd_text
-from services.teachers.rationale import CallFailure, RationaleOutcome, RationaleWork, produce_rationale
-from services.teachers.registry import build_client
-from services.teachers.spec import TeacherSpec, parse_option_pairs, parse_spec
+
+if TYPE_CHECKING:
+    from services.teachers.judging import AnswerJudge, ProbeVerdict
+    from services.teachers.rationale import CallFailure, RationaleOutcome
+    from services.teachers.spec import TeacherSpec
+
+# The teacher clients (and their SDKs), the judge and SQLAlchemy are imported inside the functions
+# that use them, so building the parser (`kpdd probe --help`) stays light.
 
 MAX_PROBE_PROBLEMS = 1000
 
@@ -66,6 +67,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from db.queries.corpora import first_problems
+    from services.teachers.judging import AnswerJudge
+    from services.teachers.rationale import CallFailure, RationaleWork, produce_rationale
+    from services.teachers.registry import build_client
+    from services.teachers.spec import parse_option_pairs, parse_spec
+
     if not 1 <= args.limit <= MAX_PROBE_PROBLEMS:
         raise BadInputError(f"--limit must be between 1 and {MAX_PROBE_PROBLEMS} (got {args.limit})")
     if args.sample_index < 0:
@@ -138,6 +147,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _verdict(judge: AnswerJudge, outcome: RationaleOutcome, gold: str | None) -> ProbeVerdict:
+    from services.teachers.judging import unchecked
+
     result = outcome.result
     if isinstance(result, KeyPoints):
         return judge.judge(result, gold)
@@ -155,6 +166,8 @@ def _auth_message(spec: TeacherSpec, failure: CallFailure) -> str:
 def _summary(
     outcomes: list[RationaleOutcome], verdicts: list[ProbeVerdict], seconds: float
 ) -> dict[str, Any]:
+    from services.teachers.rationale import CallFailure
+
     n = len(outcomes)
     right = sum(1 for v in verdicts if v.match is True)
     wrong = sum(1 for v in verdicts if v.checked and v.match is False)
@@ -217,6 +230,8 @@ def _print_problem(
     outcome: RationaleOutcome,
     verdict: ProbeVerdict,
 ) -> None:
+    from services.teachers.rationale import CallFailure
+
     if verdict.match is True:
         mark = "RIGHT"
     elif verdict.checked and verdict.match is False:

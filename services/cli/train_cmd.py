@@ -12,26 +12,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from db.engine import session_scope
-from db.queries import training as q
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
 from services.errors import BadInputError, ConfigError, RunFailure
-from services.training import launch
-from services.training.runs import (
-    TrainRequest,
-    cancel_run,
-    create_run,
-    execute_run,
-    reap_stale,
-    run_to_json,
-)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from services.training import launch
+
+# The training services (pyarrow through the snapshot reader), SQLAlchemy and rich are imported
+# inside the handlers, so building the parser (`kpdd train --help`) stays light.
 
 
 def _datasets(text: str) -> list[str]:
@@ -88,15 +81,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.set_defaults(handler=run_train)
 
     runs = sub.add_parser("runs", help="list training runs")
-    runs.add_argument("--limit", type=int, default=50)
-    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--limit", type=int, default=50, help="most recent runs to list")
+    runs.add_argument("--json", action="store_true", help="print one JSON document")
     runs.set_defaults(handler=run_runs)
 
     run = sub.add_parser("run", help="show or cancel one training run")
     actions = run.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="a run's state, metrics and evaluations")
     show.add_argument("run_id", type=int)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
     show.set_defaults(handler=run_show)
     cancel = actions.add_parser("cancel", help="stop a queued or running run")
     cancel.add_argument("run_id", type=int)
@@ -104,6 +97,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from db.engine import session_scope
+    from db.queries import training as q
+    from services.training.runs import TrainRequest, create_run, execute_run
+
     settings = get_settings()
     if args.submit and not settings.broker_url:
         raise ConfigError("--submit needs a broker: set KPDD_BROKER_URL=redis://host:6379/0")
@@ -152,6 +149,8 @@ class ProgressDisplay:
     one line per logged step (logs, CI), on stderr."""
 
     def __init__(self, run_id: int) -> None:
+        from rich.console import Console
+
         self.run_id = run_id
         self.console = Console(stderr=True)
         self.bar: Progress | None = None
@@ -159,6 +158,8 @@ class ProgressDisplay:
         self.last_step = -1
 
     def __enter__(self) -> ProgressDisplay:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         if self.console.is_terminal:
             self.bar = Progress(
                 TextColumn(f"run {self.run_id}"),
@@ -196,6 +197,13 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def run_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from db.engine import session_scope
+    from db.queries import training as q
+    from services.training.runs import reap_stale, run_to_json
+
     engine = database_engine()
     reap_stale(engine)
     with session_scope(engine) as session:
@@ -241,12 +249,18 @@ def _accuracies(accuracy: dict[str, float | None]) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from services.training.runs import reap_stale
+
     engine = database_engine()
     reap_stale(engine)
     return _show(engine, args.run_id, args.json, exit_on_failure=False)
 
 
 def _show(engine: Any, run_id: int, as_json: bool, *, exit_on_failure: bool) -> int:
+    from db.engine import session_scope
+    from db.queries import training as q
+    from services.training.runs import run_to_json
+
     with session_scope(engine) as session:
         run = q.get_run(session, run_id)
         if run is None:
@@ -273,6 +287,8 @@ def _show(engine: Any, run_id: int, as_json: bool, *, exit_on_failure: bool) -> 
 
 
 def _print_run(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+
     console = Console()
     console.print(f"[bold]run {doc['run_id']}[/bold]: {doc['state']}", highlight=False)
     if doc["reason"]:
@@ -306,6 +322,8 @@ def _print_run(doc: dict[str, Any]) -> None:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    from services.training.runs import cancel_run
+
     engine = database_engine()
     if cancel_run(engine, args.run_id):
         print(f"run {args.run_id}: cancelled (a running launcher stops within seconds)")

@@ -3,7 +3,9 @@
 Contract:
 - All or nothing. Any bad record (malformed line, missing field, unparseable gold, duplicate id,
   an id already ingested with different content) aborts the whole ingest with a `BadInputError`
-  naming the file, line or record and field, and nothing is written. With `skip_invalid=True`
+  naming the file, line or record and field, and nothing is written. Text holding a NUL
+  character (which Postgres cannot store and no math problem needs) and a gold answer longer than
+  `MAX_GOLD_CHARS` characters are bad records too. With `skip_invalid=True`
   the good records are ingested and every skipped one is returned in the report with its reason.
 - Idempotent. Re-ingesting the same file inserts nothing and reports every row as unchanged.
 - Flat memory. Records are streamed from the loader and written as they come: with COPY on
@@ -43,6 +45,28 @@ COLUMNS = (
     "content_hash",
 )
 _MAX_SOURCE_ID = 256
+# The longest gold answer taken. Real golds are a number or a short phrase; a longer one is a
+# broken record (e.g. a whole solution in the answer field), and a number of thousands of digits
+# cannot even be parsed by Python's int() (its 4,300-digit limit).
+MAX_GOLD_CHARS = 1000
+
+
+def _nul_field(problem: SourceProblem, loader: CorpusLoader) -> str | None:
+    """The source's name of the first field of `problem` holding a NUL character, or None."""
+    answer_field = loader.answer_field_name
+    texts = (
+        ("id", problem.source_id),
+        (loader.options.question_field, problem.question),
+        (answer_field, problem.gold_answer),
+        (loader.options.solution_field or answer_field, problem.worked_solution),
+    )
+    for name, value in texts:
+        if value is not None and "\x00" in value:
+            return name
+    for key, value in (problem.extra or {}).items():
+        if b"\\u0000" in orjson.dumps(value):
+            return str(key)
+    return None
 
 
 def content_hash(problem: SourceProblem) -> str:
@@ -121,6 +145,22 @@ class _RowSource:
                     )
                     continue
                 self.first_seen[item.source_id] = item.location
+            nul_field = _nul_field(item, self.loader)
+            if nul_field is not None:
+                self.reject(
+                    BadRecord(item.location, nul_field, "contains a NUL character (\\u0000); remove it")
+                )
+                continue
+            if item.gold_answer is not None and len(item.gold_answer) > MAX_GOLD_CHARS:
+                self.reject(
+                    BadRecord(
+                        item.location,
+                        self.loader.answer_field_name,
+                        f"gold answer of {len(item.gold_answer):,} characters is longer than the "
+                        f"{MAX_GOLD_CHARS:,} allowed; a gold answer is a number or a short phrase",
+                    )
+                )
+                continue
             gold = normalise_gold(item.gold_answer)
             if numeric and gold.kind != "number":
                 self.reject(

@@ -124,6 +124,41 @@ CASES = [
         [],
         ["record nluds-9", "field 'Answer'"],
     ),
+    (
+        "nul-in-question",
+        "gsm8k",
+        GOOD + '{"question": "Tom has 2\\u0000 apples?", "answer": "#### 2"}\n',
+        [],
+        ["line 2", "field 'question'", "NUL character"],
+    ),
+    (
+        "jsonl-nul-in-answer",
+        "jsonl",
+        '{"question": "q?", "answer": "1"}\n{"question": "r?", "answer": "a\\u0000b"}\n',
+        [],
+        ["line 2", "field 'answer'", "NUL character"],
+    ),
+    (
+        "svamp-nul-in-equation",
+        "svamp",
+        '[{"ID": "s1", "Body": "b", "Question": "q?", "Answer": 1.0, "Equation": "( 1 \\u0000)"}]',
+        [],
+        ["record s1", "field 'equation'", "NUL character"],
+    ),
+    (
+        "gold-of-100000-digits",
+        "gsm8k",
+        GOOD + '{"question": "q?", "answer": "x\\n#### ' + "9" * 100_000 + '"}\n',
+        [],
+        ["line 2", "field 'answer'", "100,000 characters", "longer than the 1,000 allowed"],
+    ),
+    (
+        "jsonl-text-gold-too-long",
+        "jsonl",
+        '{"question": "q?", "answer": "' + "word " * 1000 + '"}\n',
+        [],
+        ["line 1", "field 'answer'", "longer than the 1,000 allowed"],
+    ),
     ("empty-file", "gsm8k", "", [], ["the file is empty"]),
     ("only-blank-lines", "gsm8k", "\n\n  \n", [], ["no valid records"]),
 ]
@@ -208,3 +243,24 @@ def test_skip_invalid_ingests_good_rows_and_reports_each_bad_one(
     text_result = kpdd("ingest", "gsm8k", other, "--corpus", "mixed2", "--skip-invalid")
     assert text_result.err.count("skipped: ") == 3
     assert "5 read, 2 inserted, 0 unchanged, 3 skipped" in text_result.out
+
+
+def test_skip_invalid_skips_nul_and_absurd_golds(
+    kpdd: Callable[..., CliResult], db_url: str, tmp_path: Path
+) -> None:
+    content = (
+        GOOD
+        + '{"question": "q\\u0000?", "answer": "#### 1"}\n'
+        + '{"question": "q?", "answer": "#### '
+        + "1" * 100_000
+        + '"}\n'
+        + GOOD
+    )
+    path = _write(tmp_path / "mixed.jsonl", content)
+    result = kpdd("ingest", "gsm8k", path, "--corpus", "mixed", "--skip-invalid", "--json")
+    assert result.code == 0, result.err
+    report = orjson.loads(result.out)
+    assert (report["read"], report["inserted"], report["skipped"]) == (4, 2, 2)
+    assert "line 2" in report["skipped_records"][0] and "NUL" in report["skipped_records"][0]
+    assert "line 3" in report["skipped_records"][1] and "longer than" in report["skipped_records"][1]
+    assert _counts(db_url) == (1, 2)
