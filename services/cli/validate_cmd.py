@@ -15,7 +15,8 @@ output after the first of them is held too, to keep the order.
 A bad line (not JSON, not an object, a missing or wrongly typed field, a blank line, a line over
 `MAX_LINE_BYTES`) gets a `bad_input` verdict saying what is wrong; it never stops the run. Only
 an unreadable input file or output path (exit 2) or a sandbox that cannot start or keeps
-failing (exit 1) ends the command early. A summary by verdict kind goes to stderr.
+failing (exit 1) ends the command early. A summary by verdict kind, with the number of verdicts
+read through the low-confidence last-number fallback, goes to stderr.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from services.validation.consensus import (
     vote_key_for_response,
 )
 from services.validation.matching import GoldSpec, judge_cot, judge_execution
-from services.validation.verdict import BAD_INPUT, Verdict, failed
+from services.validation.verdict import BAD_INPUT, LOW, Verdict, failed
 
 MAX_LINE_BYTES = 8 << 20
 DEFAULT_BATCH = 256
@@ -103,6 +104,8 @@ class _Output:
     stream: IO[bytes]
     held: list[_Line] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    # Verdicts whose answer came from the last-number fallback (confidence `low`).
+    fallback: int = 0
 
     def add(self, line: _Line) -> None:
         self.held.append(line)
@@ -125,6 +128,7 @@ class _Output:
         document.update(line.verdict.to_json())
         self.stream.write(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE))
         self.counts[line.verdict.kind] += 1
+        self.fallback += line.verdict.confidence == LOW
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -151,7 +155,11 @@ def run_validate(args: argparse.Namespace) -> int:
             source.close()
     total = sum(output.counts.values())
     summary = ", ".join(f"{kind} {count}" for kind, count in output.counts.most_common())
-    print(f"kpdd validate: {total} line(s): {summary or 'nothing to judge'}", file=sys.stderr)
+    print(
+        f"kpdd validate: {total} line(s): {summary or 'nothing to judge'}; "
+        f"{output.fallback} read through the low-confidence last-number fallback",
+        file=sys.stderr,
+    )
     return 0
 
 

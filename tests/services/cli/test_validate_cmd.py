@@ -42,12 +42,13 @@ def test_cot_lines_and_bad_lines_get_one_verdict_each_in_order(
             {"id": "f", "gold": "5", "response": "#### 5", "program": "ans = 5"},
             {"id": "g", "gold": 12.5, "response": "The answer is 25/2."},
             {"id": "h", "gold": "3:30 p.m.", "response": "She arrives at 3:30 PM."},
+            {"id": "i", "gold": "7", "response": "First 3 + 4 makes 7"},
         ],
     )
     assert main(["validate", str(source)]) == 0
     captured = capsys.readouterr()
     verdicts = _verdicts(captured.out)
-    assert [v["line"] for v in verdicts] == list(range(1, 12))
+    assert [v["line"] for v in verdicts] == list(range(1, 13))
     by_line = {v["line"]: v for v in verdicts}
     assert (by_line[1]["id"], by_line[1]["kind"], by_line[1]["value"], by_line[1]["marker"]) == (
         "a",
@@ -70,7 +71,11 @@ def test_cot_lines_and_bad_lines_get_one_verdict_each_in_order(
     assert (by_line[10]["kind"], by_line[10]["method"]) == ("match", "exact")
     assert (by_line[11]["kind"], by_line[11]["method"]) == ("match", "clock")
     assert all(v["match"] == (v["kind"] == "match") for v in verdicts)
-    assert "11 line(s)" in captured.err and "bad_input 7" in captured.err
+    assert (by_line[12]["kind"], by_line[12]["confidence"]) == ("match", "low")
+    assert "12 line(s)" in captured.err and "bad_input 7" in captured.err
+    low = sum(v.get("confidence") == "low" for v in verdicts)
+    assert low == 2  # line 12, and line 11 (a clock time with no answer marker)
+    assert f"; {low} read through the low-confidence last-number fallback" in captured.err
 
 
 def test_out_file_and_programs_run_in_the_sandbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
