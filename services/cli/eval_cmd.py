@@ -12,12 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from db.engine import session_scope
-from db.queries import training as q
-from services.cli.common import database_engine, print_json
-from services.errors import BadInputError
-from services.training.evaluation import DEFAULT_DATASETS, EvalRequest, run_evaluation
-from services.training.runs import require_final_dir
+from services.training import DEFAULT_EVAL_DATASETS as DEFAULT_DATASETS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +47,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # Imported here so that `kpdd eval --help` starts without the database layer.
+    from db.engine import session_scope
+    from db.queries import training as q
+    from services.cli.common import database_engine, print_json
+    from services.errors import BadInputError
+    from services.training.evaluation import EvalRequest, run_evaluation
+    from services.training.runs import require_final_dir
+
     engine = database_engine()
     model_dir = args.model
     if args.run is not None:

@@ -25,15 +25,14 @@ from db.queries import training as q
 from services.config import get_settings
 from services.errors import BadInputError, RunFailure
 from services.export.decontam import resolve_eval_sets
+from services.training import DEFAULT_EVAL_DATASETS
 from services.training.launch import raise_for_child
-
-DEFAULT_DATASETS = ("gsm8k-test", "svamp", "asdiv", "multiarith")
 
 
 @dataclass(slots=True)
 class EvalRequest:
     model_dir: Path
-    datasets: list[str] = field(default_factory=lambda: list(DEFAULT_DATASETS))
+    datasets: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_DATASETS))
     layout: str | None = None
     mode: str | None = None
     batch_size: int = 16
