@@ -235,6 +235,7 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     if end.step < total_steps:
         reporter.status("stopped", end.step, f"stopped after step {end.step}; continue with --resume auto")
         reporter.close()
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         return 0
     pairs = list(zip(data.validation, data.validation_encoded, strict=True))
     pairs = pairs or list(zip(data.train, data.train_encoded, strict=True))
@@ -245,6 +246,7 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     final = checkpoint.export_final(engine, data.tokenizer, run_dir, student, samples)
     reporter.status("succeeded", end.step, "finished", final)
     reporter.close()
+    dist.barrier()
     return 0
 
 

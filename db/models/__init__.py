@@ -14,6 +14,7 @@ from db.models.generation import (
     JobProblem,
     Rationale,
 )
+from db.models.operations import BudgetHold, Deployment, JobChunk, JobFailure, JobRationale
 from db.models.snapshots import Snapshot
 from db.models.teachers import CALL_STATUSES, REPLAYABLE_STATUSES, TeacherCall
 from db.models.training import (
@@ -38,10 +39,15 @@ __all__ = [
     "RUN_TERMINAL_STATES",
     "VERDICTS",
     "Base",
+    "BudgetHold",
     "Corpus",
+    "Deployment",
     "Evaluation",
     "GenerationJob",
+    "JobChunk",
+    "JobFailure",
     "JobProblem",
+    "JobRationale",
     "Problem",
     "Rationale",
     "Snapshot",

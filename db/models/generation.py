@@ -69,6 +69,9 @@ class GenerationJob(TimestampMixin, Base):
     reserved_usd: Mapped[Decimal] = mapped_column(Numeric(14, 8), server_default="0")
     # The parameters exactly as given (the command line, resolved), for lineage.
     params: Mapped[dict[str, Any]] = mapped_column()
+    # What the submitter's configuration said about things that change results (simulator URL,
+    # price table, provider keys present); a worker whose own differs says so on the job.
+    submitted_config: Mapped[dict[str, Any] | None] = mapped_column()
     stop_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -112,6 +115,7 @@ class Rationale(TimestampMixin, Base):
             "mode",
             "prompt_version",
             "sample_index",
+            "options_key",
             name="uq_rationales_identity",
         ),
         CheckConstraint(f"verdict IN {VERDICTS!r}", name="verdict"),
@@ -131,6 +135,10 @@ class Rationale(TimestampMixin, Base):
     stage_mode: Mapped[str] = mapped_column(String(8))
     prompt_version: Mapped[str] = mapped_column(String(128))
     sample_index: Mapped[int] = mapped_column(Integer)
+    # Short hash of the generation options (temperature, top_p, max_tokens, ...) the rationale
+    # was made with: part of its identity, so a job at other options does not silently reuse it.
+    # '' marks rationales stored before options were part of the identity.
+    options_key: Mapped[str] = mapped_column(String(16), server_default="")
     core_question: Mapped[str | None] = mapped_column(Text)
     solving_info: Mapped[list[str] | None] = mapped_column()
     solution_text: Mapped[str | None] = mapped_column(Text)

@@ -35,7 +35,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.models.base import Base, BigIntPK, TimestampMixin
 
-CALL_STATUSES = ("ok", "refused", "failed")
+# in_flight: claimed by a worker that is calling now (or crashed while calling: once its claim
+# has expired the outcome is unknown and may have been paid, and spend counts its estimate).
+CALL_STATUSES = ("ok", "refused", "failed", "in_flight")
 # Statuses whose response was paid for and is replayed from the cache.
 REPLAYABLE_STATUSES = ("ok", "refused")
 
@@ -73,6 +75,11 @@ class TeacherCall(TimestampMixin, Base):
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 8))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, server_default="1")
+    # The claim of an in-flight call: who is calling, until when the claim holds (renewed while
+    # calling), and what the call may cost (counted in spend while its outcome is unknown).
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claim_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 8))
     response: Mapped[dict[str, Any] | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -172,7 +172,7 @@ def existing_rationales(
     return out
 
 
-_IDENTITY = ["problem_id", "provider", "model", "mode", "prompt_version", "sample_index"]
+_IDENTITY = ["problem_id", "provider", "model", "mode", "prompt_version", "sample_index", "options_key"]
 
 
 def upsert_rationales(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -8,11 +8,7 @@ rationale per identity, and exactly one ledger row per distinct teacher request.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -20,211 +16,30 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from db.engine import dispose_engines
-from db.models import GenerationJob, JobProblem, Rationale, TeacherCall
+from db.models import Rationale, TeacherCall
 from services.cli.main import main
 from services.config import get_settings
-from services.teachers.simulator import SimulatorConfig, run_in_thread
-from services.teachers.simulator.bank import CorpusSource
 from services.teachers.simulator.faults import FaultRates
-from tests.servers import PostgresServer, RedisServer
-from tests.services.generation.conftest import gsm8k_subset
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class Cluster:
-    """Postgres database + Redis broker + simulator + worker processes for one test."""
-
-    def __init__(self, db_url: str, redis: RedisServer, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.db_url = db_url
-        self.redis = redis
-        self.tmp = tmp
-        self.monkeypatch = monkeypatch
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.sims: list[object] = []
-        self.env = {
-            "KPDD_DATABASE_URL": db_url,
-            "KPDD_BROKER_URL": redis.url(),
-            "KPDD_DATA_DIR": str(tmp / "data"),
-            "KPDD_WORKER_THREADS": "4",
-            "KPDD_SANDBOX_WORKERS": "2",
-            "KPDD_VISIBILITY_TIMEOUT_S": "6",
-            "KPDD_TEACHER_TIMEOUT_S": "5",
-            "KPDD_TEACHER_BACKOFF_S": "0.05",
-            "KPDD_TEACHER_BACKOFF_MAX_S": "0.2",
-        }
-        for key in [k for k in os.environ if k.startswith("KPDD_")]:
-            monkeypatch.delenv(key)
-        for key, value in self.env.items():
-            monkeypatch.setenv(key, value)
-        get_settings.cache_clear()
-
-    def kpdd(self, *args: str) -> tuple[int, str]:
-        """Run the CLI in this process; returns (exit code, stdout)."""
-        import contextlib
-        import io
-
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            try:
-                code = main(list(args))
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-        return code, out.getvalue()
-
-    def simulator(self, datasets_dir: Path, **config: object) -> str:
-        handle = run_in_thread(
-            SimulatorConfig(
-                corpora=[CorpusSource("gsm8k", datasets_dir / "gsm8k" / "train.jsonl")],
-                **config,  # type: ignore[arg-type]
-            )
-        )
-        self.sims.append(handle)
-        return str(handle.url)
-
-    def start_worker(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.cli.main",
-                "worker",
-                "--concurrency",
-                str(concurrency),
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=REPO,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.workers.append(proc)
-        return proc
-
-    def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and every process of its pool, as a machine crash would."""
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def job_counts(self, job_id: int) -> dict[str, int]:
-        engine = create_engine(self.db_url)
-        with Session(engine) as session:
-            rows = session.execute(
-                select(JobProblem.state, func.count())
-                .where(JobProblem.job_id == job_id)
-                .group_by(JobProblem.state)
-            ).all()
-        engine.dispose()
-        return {state: count for state, count in rows}
-
-    def rationales(self) -> int:
-        engine = create_engine(self.db_url)
-        with Session(engine) as session:
-            count = session.scalar(select(func.count()).select_from(Rationale))
-        engine.dispose()
-        return int(count or 0)
-
-    def wait(self, job_id: int, timeout: float = 120) -> str:
-        engine = create_engine(self.db_url)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                with Session(engine) as session:
-                    status = session.scalar(select(GenerationJob.status).where(GenerationJob.id == job_id))
-                if status not in ("queued", "running"):
-                    return str(status)
-                time.sleep(0.3)
-        finally:
-            engine.dispose()
-        logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("worker-*.log"))
-        raise AssertionError(f"job {job_id} did not finish in {timeout} s: {self.job_counts(job_id)}\n{logs}")
-
-    def wait_for_rationales(self, at_least: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.rationales() < at_least:
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.workers:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        for sim in self.sims:
-            sim.close()  # type: ignore[attr-defined]
-        dispose_engines()
-        get_settings.cache_clear()
-
-
-@pytest.fixture
-def cluster(
-    pg_url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Cluster]:
-    import redis
-
-    redis.Redis.from_url(redis_server.url()).flushall()
-    c = Cluster(pg_url, redis_server, tmp_path, monkeypatch)
-    yield c
-    c.close()
-
-
-def _ingest(cluster: Cluster, datasets_dir: Path, count: int) -> None:
-    path = gsm8k_subset(datasets_dir, cluster.tmp, count)
-    assert cluster.kpdd("ingest", "gsm8k", str(path), "--corpus", "g")[0] == 0
-
-
-def _generate(cluster: Cluster, *args: str) -> int:
-    code, out = cluster.kpdd("generate", "--corpus", "g", "--json", *args)
-    assert code == 0, out
-    return int(orjson.loads(out)["job_id"])
-
-
-def _assert_exact(
-    cluster: Cluster, job_id: int, problems: int, per_problem: int, calls_per_rationale: int = 1
-) -> None:
-    counts = cluster.job_counts(job_id)
-    assert counts.get("pending", 0) == 0 and sum(counts.values()) == problems, counts
-    engine = create_engine(cluster.db_url)
-    with Session(engine) as session:
-        # Rationale identities are unique by constraint: the count is exact or something is lost.
-        total = session.scalar(select(func.count()).select_from(Rationale))
-        per_problem_rows = session.execute(
-            select(Rationale.problem_id, func.count()).group_by(Rationale.problem_id)
-        ).all()
-        calls, distinct_calls = session.execute(
-            select(func.count(), func.count(func.distinct(TeacherCall.fingerprint)))
-        ).one()
-    engine.dispose()
-    assert total == problems * per_problem
-    assert {count for _, count in per_problem_rows} == {per_problem}
-    assert calls == distinct_calls == total * calls_per_rationale
+from tests.servers import PostgresServer
+from tests.workers.cluster import Cluster, assert_exact, generate, ingest
 
 
 def test_two_workers_share_a_job(cluster: Cluster, datasets_dir: Path) -> None:
-    _ingest(cluster, datasets_dir, 40)
+    ingest(cluster, datasets_dir, 40)
     url = cluster.simulator(datasets_dir)
     cluster.start_worker()
     cluster.start_worker()
-    job = _generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "both", "--chunk-size", "4")
+    job = generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "both", "--chunk-size", "4")
     assert cluster.wait(job) == "completed"
-    _assert_exact(cluster, job, problems=40, per_problem=2)
+    assert_exact(cluster, job, problems=40, per_problem=2)
     assert cluster.job_counts(job) == {"done": 40}
 
 
 def test_worker_killed_mid_chunk_is_redelivered_and_completed(cluster: Cluster, datasets_dir: Path) -> None:
-    _ingest(cluster, datasets_dir, 24)
+    ingest(cluster, datasets_dir, 24)
     url = cluster.simulator(datasets_dir, latency_ms=150)
     victim = cluster.start_worker()
-    job = _generate(
+    job = generate(
         cluster, "--teacher", f"sim:gold@{url}", "--mode", "cot", "--samples", "2", "--chunk-size", "12"
     )
     cluster.wait_for_rationales(4)
@@ -232,14 +47,14 @@ def test_worker_killed_mid_chunk_is_redelivered_and_completed(cluster: Cluster, 
     assert cluster.job_counts(job).get("pending", 0) > 0  # killed mid-job
     cluster.start_worker()  # the unacked chunk comes back after the visibility timeout
     assert cluster.wait(job, timeout=150) == "completed"
-    _assert_exact(cluster, job, problems=24, per_problem=2)
+    assert_exact(cluster, job, problems=24, per_problem=2)
 
 
 def test_redis_restarted_empty_then_resume_finishes_the_job(cluster: Cluster, datasets_dir: Path) -> None:
-    _ingest(cluster, datasets_dir, 30)
+    ingest(cluster, datasets_dir, 30)
     url = cluster.simulator(datasets_dir, latency_ms=100)
     cluster.start_worker()
-    job = _generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "cot", "--chunk-size", "3")
+    job = generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "cot", "--chunk-size", "3")
     cluster.wait_for_rationales(3)
     cluster.redis.restart()  # same port, nothing kept: the queued chunks are gone
     time.sleep(3)
@@ -248,36 +63,36 @@ def test_redis_restarted_empty_then_resume_finishes_the_job(cluster: Cluster, da
     code, out = cluster.kpdd("resume", str(job), "--json")
     assert code == 0 and orjson.loads(out)["requeued_chunks"]
     assert cluster.wait(job, timeout=150) == "completed"
-    _assert_exact(cluster, job, problems=30, per_problem=1)
+    assert_exact(cluster, job, problems=30, per_problem=1)
 
 
 def test_postgres_restarted_mid_job_tasks_retry_and_complete(
     cluster: Cluster, datasets_dir: Path, postgres_server: PostgresServer
 ) -> None:
-    _ingest(cluster, datasets_dir, 30)
+    ingest(cluster, datasets_dir, 30)
     url = cluster.simulator(datasets_dir, latency_ms=100)
     cluster.start_worker()
-    job = _generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "pot", "--chunk-size", "3")
+    job = generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "pot", "--chunk-size", "3")
     cluster.wait_for_rationales(3)
     postgres_server.stop("immediate")
     time.sleep(2)
     postgres_server.start()
     assert cluster.wait(job, timeout=180) == "completed"
-    _assert_exact(cluster, job, problems=30, per_problem=1)
+    assert_exact(cluster, job, problems=30, per_problem=1)
 
 
 def test_teacher_faults_end_in_terminal_states_with_each_call_recorded_once(
     cluster: Cluster, datasets_dir: Path
 ) -> None:
-    _ingest(cluster, datasets_dir, 40)
+    ingest(cluster, datasets_dir, 40)
     faults = FaultRates(rate_limit=0.1, server_error=0.1, hang=0.03, malformed=0.05, wrong=0.05)
     url = cluster.simulator(datasets_dir, seed=11, faults=faults, fault_retry_after_s=0.2, hang_max_s=30)
     cluster.env["KPDD_TEACHER_TIMEOUT_S"] = "1.5"
     cluster.start_worker()
     cluster.start_worker()
-    job = _generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "both", "--chunk-size", "5")
+    job = generate(cluster, "--teacher", f"sim:gold@{url}", "--mode", "both", "--chunk-size", "5")
     assert cluster.wait(job, timeout=180) == "completed"
-    _assert_exact(cluster, job, problems=40, per_problem=2)
+    assert_exact(cluster, job, problems=40, per_problem=2)
     stats = cluster.sims[0].stats  # type: ignore[attr-defined]
     assert stats["fault_429"] > 0 and stats["fault_500"] > 0 and stats["fault_hang"] > 0
     assert stats["requests"] > 80  # retries happened...
@@ -293,13 +108,13 @@ def test_teacher_faults_end_in_terminal_states_with_each_call_recorded_once(
 
 
 def test_shared_rate_limit_keeps_the_provider_from_refusing(cluster: Cluster, datasets_dir: Path) -> None:
-    _ingest(cluster, datasets_dir, 30)
+    ingest(cluster, datasets_dir, 30)
     url = cluster.simulator(datasets_dir, rpm=600)
     cluster.start_worker()
     cluster.start_worker()
-    job = _generate(cluster, "--teacher", f"sim:gold@{url},rpm=600", "--mode", "both", "--chunk-size", "3")
+    job = generate(cluster, "--teacher", f"sim:gold@{url},rpm=600", "--mode", "both", "--chunk-size", "3")
     assert cluster.wait(job, timeout=120) == "completed"
-    _assert_exact(cluster, job, problems=30, per_problem=2)
+    assert_exact(cluster, job, problems=30, per_problem=2)
     assert cluster.sims[0].stats["rate_limited"] == 0  # type: ignore[attr-defined]
 
 
