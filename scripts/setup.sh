@@ -31,12 +31,27 @@ ensure_python() {
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 }
 
-# ensure_servers: PostgreSQL and Redis server binaries, for the test suite's private servers.
+# ensure_servers: PostgreSQL and Redis server binaries, for the test suite's private servers,
+# and Chromium for the dashboard's browser test.
 ensure_servers() {
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     apt_install postgresql
   fi
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  # The dashboard test drives Debian's headless Chromium with Playwright.
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
+# ensure_docker: what the stack test (tests/stack/) needs to build its images with no image
+# registry and run the stack: Docker's engine and Compose from Debian's packages, debootstrap for
+# the base image, and Debian's own python3 with venv (its wheels must match the image's Python).
+ensure_docker() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
+  [ "${#missing[@]}" = 0 ] || apt_install "${missing[@]}"
 }
 
 # pip, quiet; drops one harmless warning some machines' pip.conf triggers on every package.
