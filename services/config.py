@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,8 +54,36 @@ class Settings(BaseSettings):
         description="Seconds before Redis redelivers a chunk whose worker died without acking it; "
         "keep it above the longest chunk's run time.",
     )
+    chunk_max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Times a problem's chunk may be started (redeliveries and retries included) "
+        "before the problem is marked failed with kind attempt_cap.",
+    )
+    chunk_retry_window_s: float = Field(
+        default=900.0,
+        ge=1,
+        le=86_400,
+        description="How long a chunk keeps retrying through a database or broker outage before it "
+        "gives up (logged; its problems stay pending for `kpdd resume` and the reconciler).",
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        description="Seconds between two sweeps of the reconciler (run by `kpdd worker`), which "
+        "re-queues chunks with pending problems that no worker holds and the broker no longer has.",
+    )
     sandbox_workers: int = Field(
         default=4, ge=1, le=64, description="Programs run at once by a worker's sandbox."
+    )
+    sandbox_mode: Literal["auto", "strict", "permissive"] = Field(
+        default="auto",
+        description="auto: `kpdd worker` refuses to start unless its PoT sandbox isolates programs "
+        "fully, other commands use the best isolation available; strict: every sandbox refuses "
+        "partial isolation; permissive: none does (development only, a warning at every start). "
+        "See docs/sandbox.md.",
     )
     sim_url: str | None = Field(
         default=None,
@@ -64,6 +93,22 @@ class Settings(BaseSettings):
     prices_file: Path | None = Field(
         default=None,
         description="A JSON price table whose entries override the shipped services/teachers/prices.json.",
+    )
+    api_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer token `kpdd serve` requires on mutating endpoints (and reads, unless "
+        "KPDD_API_OPEN_READS); unset: the API refuses every mutating request.",
+    )
+    api_open_reads: bool = Field(
+        default=False, description="Let `kpdd serve` answer GET requests and the dashboard without a token."
+    )
+    api_ingest_root: Path | None = Field(
+        default=None,
+        description="Folder under which the API may ingest server-side corpus files (unset: uploads only).",
+    )
+    api_max_upload_mb: int = Field(
+        default=256, ge=1, le=100_000, description="Largest corpus upload the API accepts, in MiB."
     )
     run_heartbeat_timeout_s: float = Field(
         default=120.0,
@@ -88,6 +133,21 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="Longest wait a server's Retry-After may impose; a longer one ends the call.",
+    )
+    rate_limit_wait_max_s: float = Field(
+        default=600.0,
+        ge=1,
+        le=86_400,
+        description="Longest a teacher call waits for the shared rate limiter (KPDD rpm/tpm options); "
+        "past it the call fails with kind rate_limit_wait.",
+    )
+    claim_ttl_s: float = Field(
+        default=30.0,
+        ge=2,
+        le=3600,
+        description="Seconds a worker's claim on a teacher request, or its budget hold, lasts without "
+        "renewal (renewed every third of it while the call runs); a worker that died loses both "
+        "this long after its last renewal.",
     )
 
     @field_validator("database_url")
@@ -116,6 +176,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'kpdd.sqlite3').resolve()}"
+
+    def sandbox_strict(self, *, worker: bool) -> bool:
+        """Whether a sandbox must refuse partial isolation (`sandbox_mode`; `worker`: a process
+        serving a broker)."""
+        return self.sandbox_mode == "strict" or (self.sandbox_mode == "auto" and worker)
 
     @property
     def is_embedded(self) -> bool:

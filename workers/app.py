@@ -6,7 +6,20 @@ Delivery: `acks_late` with `task_reject_on_worker_lost`, so a chunk whose worker
 SIGKILL) is delivered again: by the pool when one of its processes dies, by Redis once the
 message's visibility timeout (`KPDD_VISIBILITY_TIMEOUT_S`) passes when the whole worker dies.
 Every write the task makes is idempotent, so a second delivery finishes what the first started
-and duplicates nothing. Database or broker outages make the task retry with backoff.
+and duplicates nothing.
+
+Errors (`services.generation.failures`): a permanent one (a missing provider key, a bad value, a
+bug) is recorded on the job and its problems and never retried; a transient one (the database
+or broker unreachable) retries the chunk, each wait capped at a quarter of the visibility
+timeout so that a waiting retry is never handed to a second worker, for
+`KPDD_CHUNK_RETRY_WINDOW_S`; then the task gives up (logged at ERROR) and the chunk's problems
+stay pending for `kpdd resume` and the reconciler.
+
+Who may run a chunk (`services.generation.deployment`): a task carries its deployment id; one
+of another deployment, or of a job this worker is configured differently for in a way that
+changes results, is refused with one log line and goes back to the queue (rejected with
+requeue, never acknowledged). The first process of each worker's pool also runs the reconciler
+(`workers.reconciler`), which re-queues chunks whose message the broker lost.
 
 Each worker process builds its own engine, teacher clients, rate limiter and sandbox after the
 fork (`worker_process_init`), never at import time; a worker that consumes only the training
@@ -23,15 +36,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery, signals
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import DBAPIError
+from celery.exceptions import Reject, Retry
 
 from services.config import get_settings
+from services.generation.deployment import REFUSAL_PAUSE_S, REFUSED, admit_chunk
 from services.generation.dispatch import DEFAULT_QUEUE, PROCESS_CHUNK_TASK
+from services.generation.failures import RetrySchedule, classify, give_up, record_permanent
 from services.training.dispatch import TRAIN_RUN_TASK
+from workers import reconciler
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -83,28 +99,90 @@ def _init_process(**_: Any) -> None:
     _runtime = None  # never reuse what the parent built before the fork
     if DEFAULT_QUEUE in os.environ.get("KPDD_WORKER_QUEUES", DEFAULT_QUEUE).split(","):
         runtime()
+        reconciler.start_in_pool_process(runtime().generator.engine)  # workers.reconciler
 
 
 @signals.worker_process_shutdown.connect
 def _close_process(**_: Any) -> None:
+    reconciler.stop()
     if _runtime is not None:
         _runtime.close()
 
 
-@app.task(
-    name=PROCESS_CHUNK_TASK,
-    bind=True,
-    acks_late=True,
-    autoretry_for=(DBAPIError, RedisConnectionError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=40,
-)
-def process_chunk(self: Any, job_id: int, chunk: int) -> None:
-    """Process one chunk of a job: ids in, one service call."""
-    report = runtime().process_chunk(job_id, chunk)
+class _OneLinePerRefusal(logging.Filter):
+    """Celery logs every rejected task at WARNING with a traceback; a refused chunk (another
+    deployment's, or one this worker is configured differently for) has its own line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        return not (
+            isinstance(data, dict)
+            and data.get("description") == "rejected"
+            and REFUSED in str(data.get("exc"))
+        )
+
+
+logging.getLogger("celery.app.trace").addFilter(_OneLinePerRefusal())
+
+
+@app.task(name=PROCESS_CHUNK_TASK, bind=True, acks_late=True)
+def process_chunk(self: Any, job_id: int, chunk: int, deployment: str | None = None) -> None:
+    """Process one chunk of a job: ids in, one service call. `deployment`: the submitter's
+    deployment id (None in messages queued before it existed)."""
+    # Deployment and configuration checks (services.generation.deployment): a task of another
+    # deployment, or one needing settings this worker lacks, goes back to the queue, never acked.
+    try:
+        refusal = admit_chunk(runtime().generator.engine, job_id, chunk, deployment)
+        if refusal is not None:
+            if refusal.log:
+                log.error("%s", refusal.message)
+            time.sleep(REFUSAL_PAUSE_S)
+            raise Reject(refusal.message, requeue=True)
+        # Errors: classified, recorded, retried or given up on (module doc, `_after_error`).
+        report = runtime().process_chunk(job_id, chunk)
+    except Reject:
+        raise
+    except Exception as exc:
+        _after_error(self, job_id, chunk, exc)
+        return
     log.info("job %s chunk %s: %s", job_id, chunk, report)
+
+
+def _after_error(task: Any, job_id: int, chunk: int, exc: Exception) -> None:
+    """Retry a transient error (raises celery's Retry) and give up after the last retry; record
+    a permanent one that `run_chunk` could not (the runtime itself failed to start)."""
+    from db.engine import get_engine
+
+    failure = classify(exc)
+    engine = get_engine(get_settings().resolved_database_url)
+    if not failure.transient:
+        log.error("job %s chunk %s: %s: %s", job_id, chunk, failure.kind, failure.message, exc_info=exc)
+        try:
+            record_permanent(engine, job_id, chunk, failure)
+        except Exception as again:  # its problems stay pending: the attempt cap ends them
+            log.error("job %s chunk %s: could not record the failure: %s", job_id, chunk, again)
+        return
+    schedule = RetrySchedule.from_settings()
+    retries = int(task.request.retries or 0)
+    if retries < schedule.max_retries:
+        countdown = schedule.countdown(retries)
+        log.warning(
+            "job %s chunk %s: %s (%s); retry %d of %d in %.1f s",
+            job_id,
+            chunk,
+            failure.kind,
+            failure.message,
+            retries + 1,
+            schedule.max_retries,
+            countdown,
+        )
+        try:
+            raise task.retry(exc=exc, countdown=countdown, max_retries=schedule.max_retries)
+        except Retry:
+            raise
+        except Exception as publish_error:  # the broker cannot take the retry either
+            failure = classify(publish_error)
+    give_up(engine, job_id, chunk, failure, retries)
 
 
 @app.task(name=TRAIN_RUN_TASK, acks_late=False)

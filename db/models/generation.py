@@ -121,6 +121,7 @@ class Rationale(TimestampMixin, Base):
         CheckConstraint(f"verdict IN {VERDICTS!r}", name="verdict"),
         CheckConstraint("mode IN ('cot', 'pot')", name="mode"),
         Index(None, "job_id"),
+        Index(None, "created_at"),  # throughput over time (dashboard)
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -50,6 +50,7 @@ class TeacherCall(TimestampMixin, Base):
         CheckConstraint("sample_index >= 0", name="sample_index"),
         Index(None, "problem_id"),
         Index(None, "provider", "model"),
+        Index(None, "created_at"),  # recent calls (dashboard, cache pruning by age)
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -1,15 +1,21 @@
 """Queries on teacher calls: cache lookup, idempotent recording, cost totals.
 
-Recording is an upsert on the request fingerprint. Its rule: a paid response (`ok`, `refused`)
-is never replaced; a `failed` row is replaced by whatever comes next, its attempts added. So a
-redelivered task, or two workers racing on the same request, leave one row. In a race both
-workers may have paid; the ledger keeps the first response recorded (the cache lookup before
-each call makes the race window the length of one call).
+Claims on requests in flight (`in_flight` rows, written before a call and settled after it) are
+in `db.queries.claims`. A row left `in_flight` with an expired claim is an outcome unknown that
+may have been paid: the spend figures here count its `estimated_cost_usd` (`ledger_spend`,
+`teacher_cost_summaries`).
+
+Recording without a claim (`record_call`) is an upsert on the request fingerprint. Its rule: a
+paid response (`ok`, `refused`) is never replaced; a `failed` row is replaced by whatever comes
+next, its attempts added; an `in_flight` row is replaced by a paid response (its holder, if alive,
+then finds its claim gone). So a redelivered task, or two workers racing on the same request,
+leave one row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +23,8 @@ from sqlalchemy import Connection, TextClause, bindparam, case, func, select, te
 from sqlalchemy.orm import Session
 
 from db.models import REPLAYABLE_STATUSES, TeacherCall
+
+IN_FLIGHT = "in_flight"
 
 
 @dataclass(slots=True)
@@ -77,8 +85,11 @@ def find_replayable_call(session: Session | Connection, fingerprint: str) -> Sto
     return None if row is None else StoredCall(*row)
 
 
-def _upsert_statement() -> TextClause:
-    """The recording upsert as one parameterised statement, the same SQL on Postgres and SQLite.
+def call_upsert_statement(attempts: str, where: str) -> TextClause:
+    """An upsert of a `NewTeacherCall` on its fingerprint, as one parameterised statement (the
+    same SQL on Postgres and SQLite), overwriting the stored row where `where` holds, with
+    `attempts` as the new attempt count; it clears the claim of an in-flight call and returns
+    the row id when it wrote.
 
     Written as text on purpose: SQLAlchemy never caches the compiled form of Postgres's
     `INSERT ... ON CONFLICT` construct, and compiling it on every call cost more CPU than the call
@@ -87,13 +98,22 @@ def _upsert_statement() -> TextClause:
     updates = [f"{n} = excluded.{n}" for n in names if n not in ("fingerprint", "attempts")]
     sql = (
         f"INSERT INTO teacher_calls ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
-        f"ON CONFLICT (fingerprint) DO UPDATE SET {', '.join(updates)}, "
-        "attempts = teacher_calls.attempts + excluded.attempts, updated_at = CURRENT_TIMESTAMP "
-        "WHERE teacher_calls.status = 'failed' RETURNING id"
+        f"ON CONFLICT (fingerprint) DO UPDATE SET {', '.join(updates)}, attempts = {attempts}, "
+        f"claimed_by = NULL, claim_until = NULL, updated_at = CURRENT_TIMESTAMP WHERE {where} RETURNING id"
     )
     columns = TeacherCall.__table__.c
     typed = [bindparam(n, type_=columns[n].type) for n in ("options", "response", "cost_usd")]
     return text(sql).bindparams(*typed)
+
+
+def _upsert_statement() -> TextClause:
+    """The recording upsert: a failed row or an in-flight claim takes the outcome; a stored paid
+    response is kept; attempts add up."""
+    return call_upsert_statement(
+        "teacher_calls.attempts + excluded.attempts",
+        "teacher_calls.status = 'failed' "
+        "OR (teacher_calls.status = 'in_flight' AND excluded.status IN ('ok', 'refused'))",
+    )
 
 
 _UPSERT = _upsert_statement()
@@ -112,10 +132,80 @@ def record_call(session: Session | Connection, call: NewTeacherCall) -> tuple[in
     return int(existing), False
 
 
+def _dialect(session: Session | Connection) -> str:
+    bind = session.get_bind() if isinstance(session, Session) else session
+    return bind.dialect.name
+
+
+def recent_output_tokens(
+    session: Session | Connection, provider: str, model: str, prompt_version: str, limit: int
+) -> list[int]:
+    """Output tokens of the last `limit` answered (`ok`) calls of this teacher and prompt version."""
+    return [
+        int(n or 0)
+        for n in session.scalars(
+            select(TeacherCall.tokens_out)
+            .where(
+                TeacherCall.provider == provider,
+                TeacherCall.model == model,
+                TeacherCall.prompt_version == prompt_version,
+                TeacherCall.status == "ok",
+                TeacherCall.tokens_out.is_not(None),
+            )
+            .order_by(TeacherCall.id.desc())
+            .limit(limit)
+        )
+    ]
+
+
+def _unknown_outcome(session: Session | Connection) -> Any:
+    """Rows whose outcome is unknown: `in_flight` with a claim that expired (its holder died)."""
+    now = func.now() if _dialect(session) == "postgresql" else datetime.now(UTC)
+    return (TeacherCall.status == IN_FLIGHT) & (
+        TeacherCall.claim_until.is_(None) | (TeacherCall.claim_until < now)
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class LedgerSpend:
+    """Money in the ledger: `paid_usd` reported by providers for stored responses (priced ones);
+    `unknown_usd` the estimates of `unknown_calls` calls whose outcome is unknown (their worker
+    died while calling: they may have been paid); `in_flight_calls` are being made now."""
+
+    paid_usd: Decimal
+    unknown_usd: Decimal
+    unknown_calls: int
+    in_flight_calls: int
+
+    @property
+    def spent_incl_unknown_usd(self) -> Decimal:
+        return self.paid_usd + self.unknown_usd
+
+
+def ledger_spend(session: Session | Connection, problem_ids: list[int] | None = None) -> LedgerSpend:
+    """What the ledger says was spent, outcomes unknown included: over every call, or the calls
+    for `problem_ids`."""
+    unknown = _unknown_outcome(session)
+    query = select(
+        func.coalesce(func.sum(TeacherCall.cost_usd), 0),
+        func.coalesce(func.sum(case((unknown, TeacherCall.estimated_cost_usd), else_=None)), 0),
+        func.coalesce(func.sum(case((unknown, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((TeacherCall.status == IN_FLIGHT, 1), else_=0)), 0),
+    )
+    if problem_ids is not None:
+        query = query.where(TeacherCall.problem_id.in_(problem_ids))
+    paid, unknown_usd, unknown_calls, in_flight = session.execute(query).one()
+    return LedgerSpend(
+        Decimal(str(paid)), Decimal(str(unknown_usd)), int(unknown_calls), int(in_flight) - int(unknown_calls)
+    )
+
+
 @dataclass(slots=True)
 class TeacherCostSummary:
     """Totals for one teacher. `cost_usd` sums priced calls only; `unpriced_calls` counts the
-    paid calls without a price."""
+    paid calls without a price. `unknown_calls` are calls whose outcome is unknown (`in_flight`
+    with an expired claim: the worker died while calling) and `unknown_usd` their estimated cost:
+    they may have been paid, so spend figures add them (`spent_incl_unknown_usd`)."""
 
     provider: str
     model: str
@@ -126,6 +216,12 @@ class TeacherCostSummary:
     tokens_out: int
     cost_usd: Decimal
     unpriced_calls: int
+    unknown_calls: int = 0
+    unknown_usd: Decimal = Decimal(0)
+
+    @property
+    def spent_incl_unknown_usd(self) -> Decimal:
+        return self.cost_usd + self.unknown_usd
 
 
 def teacher_cost_summaries(
@@ -133,6 +229,7 @@ def teacher_cost_summaries(
 ) -> list[TeacherCostSummary]:
     """Per (provider, model) totals over every recorded call, or the calls for `problem_ids`."""
     paid = TeacherCall.status.in_(REPLAYABLE_STATUSES)
+    unknown = _unknown_outcome(session)
     query = (
         select(
             TeacherCall.provider,
@@ -144,6 +241,8 @@ def teacher_cost_summaries(
             func.coalesce(func.sum(TeacherCall.tokens_out), 0),
             func.sum(TeacherCall.cost_usd),
             func.sum(case((paid & TeacherCall.cost_usd.is_(None), 1), else_=0)),
+            func.sum(case((unknown, 1), else_=0)),
+            func.sum(case((unknown, TeacherCall.estimated_cost_usd), else_=None)),
         )
         .group_by(TeacherCall.provider, TeacherCall.model)
         .order_by(TeacherCall.provider, TeacherCall.model)
@@ -151,9 +250,20 @@ def teacher_cost_summaries(
     if problem_ids is not None:
         query = query.where(TeacherCall.problem_id.in_(problem_ids))
     summaries = []
-    for provider, model, calls, paid_calls, failed, tokens_in, tokens_out, cost, unpriced in session.execute(
-        query
-    ):
+    for row in session.execute(query):
+        (
+            provider,
+            model,
+            calls,
+            paid_calls,
+            failed,
+            tokens_in,
+            tokens_out,
+            cost,
+            unpriced,
+            unknown_n,
+            unknown_usd,
+        ) = row
         summaries.append(
             TeacherCostSummary(
                 provider,
@@ -165,6 +275,8 @@ def teacher_cost_summaries(
                 int(tokens_out),
                 Decimal(str(cost)) if cost is not None else Decimal(0),
                 int(unpriced or 0),
+                int(unknown_n or 0),
+                Decimal(str(unknown_usd)) if unknown_usd is not None else Decimal(0),
             )
         )
     return summaries
@@ -179,11 +291,15 @@ def count_calls(session: Session, status: str | None = None) -> int:
 
 
 __all__ = [
+    "IN_FLIGHT",
+    "LedgerSpend",
     "NewTeacherCall",
     "StoredCall",
     "TeacherCostSummary",
     "count_calls",
     "find_replayable_call",
+    "ledger_spend",
+    "recent_output_tokens",
     "record_call",
     "teacher_cost_summaries",
 ]

@@ -5,6 +5,13 @@ With `KPDD_BROKER_URL` set, `generate` records the job in the database, queues i
 Celery and returns the job id; `kpdd worker` processes (and can run on many hosts). Without a
 broker (the embedded default) the same chunks run here, in-process, with a progress bar.
 
+With a broker, `generate` first connects to it (a few seconds at most): a broker that is down
+or unreachable ends the command with one line and exit 1, a URL no transport reads (a bad
+scheme) with exit 2, and in both cases no job is written. A send that fails after the job is
+written (the broker went away in between) is recorded on the job's chunks (`enqueue_error`):
+the command says so and exits 1, and the workers' reconciler, or `kpdd resume JOB`, queues
+those chunks once the broker is reachable.
+
 `kpdd worker` starts Celery as a child program (`python -m celery -A workers.app worker`): the
 CLI lives in `services`, which never imports `workers`.
 """
@@ -14,12 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from services.cli.common import database_engine, print_json
+from services.cli.common import database_engine, print_json, redact_url
 from services.config import Settings, get_settings
 from services.errors import BadInputError, ConfigError
 
@@ -70,6 +76,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.add_argument("--budget-usd", help="never spend more than this many dollars")
     gen.add_argument("--limit", type=int, help="only the first N problems (by id)")
     gen.add_argument("--chunk-size", type=int, default=16, help="problems per queued task (default 16)")
+    gen.add_argument(
+        "--refresh",
+        action="store_true",
+        help="bypass the response cache: send every call again and store the new responses over "
+        "the cached ones (later jobs replay the new ones); stored rationales are made again",
+    )
+    gen.add_argument(
+        "--reuse-any-options",
+        action="store_true",
+        help="reuse stored rationales made with other generation options (temperature, top_p, "
+        "max_tokens, seed, ...) or before options were recorded; by default only rationales made "
+        "with this job's options are reused",
+    )
     gen.add_argument("--wait", action="store_true", help="with a broker: follow progress until the end")
     gen.add_argument("--json", action="store_true", help="print one JSON document")
     gen.set_defaults(handler=run_generate)
@@ -111,6 +130,8 @@ def _params(args: argparse.Namespace) -> GenerateParams:
         budget_usd=parse_budget(args.budget_usd),
         limit=args.limit,
         chunk_size=args.chunk_size,
+        refresh=args.refresh,
+        reuse_any_options=args.reuse_any_options,
     )
 
 
@@ -134,20 +155,14 @@ def local_generator(settings: Settings) -> Iterator[Generator]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from services.generation.dispatch import CeleryDispatcher
-    from services.generation.jobs import create_job
+    from services.generation.jobs import create_job, submit_job
     from services.generation.status import job_status
 
     settings = get_settings()
     params = _params(args)
     engine = database_engine(settings)
-    created = create_job(engine, params)
     if settings.broker_url:
-        dispatcher = CeleryDispatcher(settings.broker_url)
-        try:
-            dispatcher.enqueue(created.job_id, created.chunks)
-        finally:
-            dispatcher.close()
+        created = submit_job(engine, params, settings.broker_url)
         if not args.wait:
             if args.json:
                 print_json(
@@ -167,21 +182,24 @@ def run_generate(args: argparse.Namespace) -> int:
                 )
             return 0
         return _follow(engine, created.job_id, args.json)
+    created = create_job(engine, params, queued=False)
     with local_generator(settings) as generator:
         run_inline(generator, created.job_id, created.chunks, created.total_problems, quiet=args.json)
+    from services.cli.jobs_cmd import exit_code, print_status
+
     status = job_status(engine, created.job_id)
     if args.json:
         print_json(status.to_json())
     else:
-        from services.cli.jobs_cmd import print_status
-
         print_status(status)
-    return 0 if status.status in ("completed", "budget_exhausted") else 1
+    return exit_code(status)
 
 
 def run_inline(generator: Generator, job_id: int, chunks: list[int], total: int, *, quiet: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.generation.failures import run_chunk
 
     console = Console(stderr=True)
     with Progress(
@@ -195,27 +213,17 @@ def run_inline(generator: Generator, job_id: int, chunks: list[int], total: int,
     ) as progress:
         task = progress.add_task("generate", total=total)
         for chunk in chunks:
-            report = generator.process_chunk(job_id, chunk)
+            report = run_chunk(generator, job_id, chunk)  # permanent failures recorded on the job
             progress.advance(task, report.problems)
             if not console.is_terminal and not quiet:
                 print(f"job {job_id} chunk {chunk}: {report}", file=sys.stderr)
 
 
 def _follow(engine: Engine, job_id: int, as_json: bool) -> int:
-    from services.generation.status import job_status
+    """`--wait`: follow the job as `kpdd status JOB --watch` does (its exit code too)."""
+    from services.cli.jobs_cmd import watch
 
-    while True:
-        status = job_status(engine, job_id)
-        if status.status not in ("queued", "running"):
-            break
-        time.sleep(1.0)
-    if as_json:
-        print_json(status.to_json())
-    else:
-        from services.cli.jobs_cmd import print_status
-
-        print_status(status)
-    return 0 if status.status in ("completed", "budget_exhausted") else 1
+    return watch(engine, job_id, as_json=as_json)
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -237,7 +245,26 @@ def run_worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or (1 if queues == [TRAINING_QUEUE] else 2)
     if concurrency < 1:
         raise BadInputError("--concurrency: must be at least 1")
-    database_engine(settings)  # fail now, with a clear message, if the schema is not migrated
+    if any(queue != TRAINING_QUEUE for queue in queues):
+        # A worker that runs generation chunks judges PoT programs: its sandbox must isolate them
+        # fully unless KPDD_SANDBOX_MODE=permissive (IsolationUnavailable: exit 2, one line saying
+        # what is missing). Each worker process checks again when its sandbox starts.
+        from services.validation.sandbox.modes import check_worker_sandbox
+
+        warning = check_worker_sandbox(settings.sandbox_mode)
+        if warning:
+            print(f"kpdd worker: WARNING: {warning}", file=sys.stderr)
+    from services.generation.deployment import own_deployment_id
+    from services.generation.dispatch import shown_url
+
+    engine = database_engine(settings)  # fail now, with a clear message, if the schema is not migrated
+    # One line naming what this worker serves: a worker pointed at the wrong database shows here.
+    print(
+        f"kpdd worker: deployment {own_deployment_id(engine)} (database "
+        f"{redact_url(settings.resolved_database_url)}, broker {shown_url(settings.broker_url)}); "
+        f"queues {','.join(queues)}",
+        file=sys.stderr,
+    )
     env = dict(os.environ)
     env["KPDD_WORKER_QUEUES"] = ",".join(queues)
     if args.threads is not None:

@@ -1,10 +1,26 @@
-"""`kpdd status`, `resume`, `cancel`: following and steering generation jobs."""
+"""`kpdd status`, `resume`, `cancel`: following and steering generation jobs.
+
+`kpdd status JOB --watch` (and `kpdd generate --wait`, which follows the same way) polls the job
+every second until it ends:
+
+- on a terminal, a progress bar, then the job's status;
+- when stdout is not a terminal (logs, CI), one plain line each time the job's state, problem
+  counts or spend change, then the job's status;
+- with `--json`, one JSON line per change (`"event": "update"`, the fields of `status --json`)
+  and a last line when the job has ended (`"event": "end"`, with its `exit_code`).
+
+Exit code: 0 when the job ends `completed` or `budget_exhausted` (it did what it was allowed
+to); 1 when it ends `failed` or `cancelled` (it did not: a script or CI step following it should
+not go on as if it had).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
@@ -64,8 +80,8 @@ def run_status(args: argparse.Namespace) -> int:
             )
         Console().print(table)
         return 0
-    if args.watch and not args.json:
-        return _watch(engine, args.job)
+    if args.watch:
+        return watch(engine, args.job, as_json=args.json)
     status = job_status(engine, args.job)
     if args.json:
         print_json(status.to_json())
@@ -74,13 +90,72 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(engine: Engine, job_id: int) -> int:
+ENDED_WELL = ("completed", "budget_exhausted")
+POLL_S = 1.0
+
+
+def exit_code(status: JobStatus) -> int:
+    """0 for a job that ended completed or budget_exhausted, 1 otherwise (module doc)."""
+    return 0 if status.status in ENDED_WELL else 1
+
+
+def watch(engine: Engine, job_id: int, *, as_json: bool, poll_s: float = POLL_S) -> int:
+    """Follow the job until it ends (module doc); returns the exit code."""
+    if as_json:
+        status = _poll(engine, job_id, poll_s, lambda s: _json_line("update", s))
+        _json_line("end", status, exit_code=exit_code(status))
+    elif sys.stdout.isatty():
+        status = _watch_bar(engine, job_id, poll_s)
+        print_status(status)
+    else:
+        status = _poll(engine, job_id, poll_s, lambda s: print(progress_line(s), flush=True))
+        print_status(status)
+    return exit_code(status)
+
+
+def _poll(engine: Engine, job_id: int, poll_s: float, on_change: Callable[[JobStatus], None]) -> JobStatus:
+    """Read the job every `poll_s` until it ends; `on_change` for each new state, problem count
+    or spend (not the rate, which moves at every read)."""
+    from services.generation.status import job_status
+
+    seen: tuple[Any, ...] | None = None
+    while True:
+        status = job_status(engine, job_id)
+        ended = status.status not in ("queued", "running")
+        key = (status.status, tuple(sorted(status.states.items())), status.spent_usd)
+        if key != seen and not ended:
+            on_change(status)
+            seen = key
+        if ended:
+            return status
+        time.sleep(poll_s)
+
+
+def progress_line(status: JobStatus) -> str:
+    """One plain line: `job 3 running: 12/40 problems finished (done 11, failed 1), ...`."""
+    from services.generation.status import money
+
+    states = ", ".join(f"{k} {v}" for k, v in sorted(status.states.items()) if k != "pending")
+    return (
+        f"job {status.job_id} {status.status}: {status.finished}/{status.total_problems} problems "
+        f"finished ({states or 'none yet'}); {status.rate_per_s:.1f} rationales/s; "
+        f"spent ${money(status.spent_usd)}"
+    )
+
+
+def _json_line(event: str, status: JobStatus, **extra: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps({"event": event, **status.to_json(), **extra}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _watch_bar(engine: Engine, job_id: int, poll_s: float) -> JobStatus:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.generation.status import job_status
 
-    console = Console()
     status = job_status(engine, job_id)
     with Progress(
         TextColumn(f"job {job_id}"),
@@ -89,17 +164,15 @@ def _watch(engine: Engine, job_id: int) -> int:
         TextColumn("problems"),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(),
     ) as progress:
         task = progress.add_task("job", total=status.total_problems, rate="")
         while True:
             status = job_status(engine, job_id)
-            progress.update(task, completed=status.done, rate=f"{status.rate_per_s:.1f} rationales/s")
+            progress.update(task, completed=status.finished, rate=f"{status.rate_per_s:.1f} rationales/s")
             if status.status not in ("queued", "running"):
-                break
-            time.sleep(1.0)
-    print_status(status)
-    return 0
+                return status
+            time.sleep(poll_s)
 
 
 def print_status(status: JobStatus) -> None:
@@ -112,12 +185,12 @@ def print_status(status: JobStatus) -> None:
     states = ", ".join(f"{k} {v}" for k, v in sorted(status.states.items()))
     console.print(
         f"[bold]job {status.job_id}[/bold]: {status.status}  corpus {status.corpus}"
-        f"{'/' + status.split if status.split else ''}  problems {status.done}/"
+        f"{'/' + status.split if status.split else ''}  problems done {status.done}/"
         f"{status.total_problems} ({states})"
     )
     if status.total_problems and console.is_terminal:
         width = 40
-        filled = int(width * status.done / status.total_problems)
+        filled = int(width * status.finished / status.total_problems)
         console.print("[" + "#" * filled + "." * (width - filled) + "]")
     table = Table(show_header=True)
     for column in ("teacher", "mode", "valid", "invalid", "unparsed", "failed", "valid %"):
@@ -134,17 +207,30 @@ def print_status(status: JobStatus) -> None:
     spend = f"spent ${money(status.spent_usd)}" + (
         f" of ${money(status.budget_usd)}" if status.budget_usd is not None else ""
     )
+    if status.held_usd:
+        spend += f" (+ ${money(status.held_usd)} held by calls in flight)"
+    if status.unknown_usd:
+        spend += f" (+ ${money(status.unknown_usd)} of calls whose outcome is unknown: may be paid)"
     rate = f"{status.rate_per_s:.1f} rationales/s"
     eta = f", ETA {status.eta_s:.0f} s" if status.eta_s is not None else ""
     console.print(f"{spend}; {rate}{eta}")
-    failures = {
-        **status.problem_failures,
-        **{f"rationale {k}": v for k, v in status.rationale_failures.items()},
-    }
-    if failures:
-        console.print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    if status.read_by_fallback:
+        console.print(
+            f"{status.read_by_fallback} verdict(s) read their answer through the low-confidence fallback"
+        )
+    if status.rationale_failures:
+        rationale = ", ".join(f"{k} {v}" for k, v in sorted(status.rationale_failures.items()))
+        console.print(f"rationales failed or unparsed: {rationale}")
+    for failure in status.failures:
+        where = f" on {', '.join(failure.workers)}" if failure.workers else ""
+        times = f", recorded {failure.recorded}x{where}" if failure.recorded else ""
+        console.print(
+            f"failed {failure.kind}: {failure.problems} problem(s){times}: {failure.message}",
+            markup=False,
+            highlight=False,
+        )
     if status.stop_reason:
-        console.print(f"stopped: {status.stop_reason}")
+        console.print(f"stopped: {status.stop_reason}", markup=False, highlight=False)
 
 
 def run_resume(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ COMMANDS = {
     "validate": "services.cli.validate_cmd",
     "teacher-sim": "services.cli.teacher_sim_cmd",
     "probe": "services.cli.probe_cmd",
+    "cache": "services.cli.cache_cmd",
     "generate": "services.cli.generate_cmd",
     "worker": "services.cli.generate_cmd",
     "status": "services.cli.jobs_cmd",
@@ -47,6 +48,7 @@ COMMANDS = {
     "runs": "services.cli.train_cmd",
     "run": "services.cli.train_cmd",
     "eval": "services.cli.eval_cmd",
+    "serve": "services.cli.serve_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -58,6 +60,7 @@ SUMMARIES = {
     "validate": "judge a JSON-lines file of CoT responses / PoT programs against gold answers",
     "teacher-sim": "run the teacher simulator (OpenAI + Anthropic APIs) with latency, limits and faults",
     "probe": "send a few problems to a teacher: key points, right or wrong, cost, latency",
+    "cache": "show or prune the response cache (stored teacher responses)",
     "generate": "queue a generation job over a corpus",
     "worker": "start a Celery worker (needs KPDD_BROKER_URL)",
     "status": "progress of a job, or a list of recent jobs",
@@ -70,6 +73,7 @@ SUMMARIES = {
     "runs": "list training runs",
     "run": "show or cancel one training run",
     "eval": "evaluate a trained student on math word-problem test sets",
+    "serve": "run the HTTP API, the dashboard and /metrics",
 }
 
 

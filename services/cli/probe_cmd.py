@@ -2,8 +2,10 @@
 
 For each problem: the parsed key points (or why there are none), whether the answer is right
 (CoT: answer matching; PoT: the program run in the sandbox), the cost and the latency. Then a
-summary with an estimate per 1,000 problems. Calls go through the response cache like any
-other, so probing the same problems twice pays once.
+summary with an estimate per 1,000 problems and the number of answers read through the
+low-confidence fallback of answer matching (as `kpdd validate` counts them). Calls go through the
+response cache like any other, so probing the same problems twice pays once; `--refresh` sends
+them again and stores the new responses over the cached ones.
 
 Exit codes: 0 when the probe ran (wrong answers and per-problem failures are results); 2 for a
 bad spec, option, corpus or missing key, or a key the provider rejected; 1 when every problem
@@ -62,6 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--stage-mode", choices=STAGE_MODES, default="single", help="one call, or three chained calls"
     )
     probe.add_argument("--sample-index", type=int, default=0, help="which sample (0: the first)")
+    probe.add_argument(
+        "--refresh",
+        action="store_true",
+        help="bypass the response cache: call again and store the new responses over the cached ones",
+    )
     probe.add_argument("--json", action="store_true", help="print one JSON document")
     probe.set_defaults(handler=run_probe)
 
@@ -101,7 +108,12 @@ def run_probe(args: argparse.Namespace) -> int:
     ):
         for problem in problems:
             work = RationaleWork(
-                problem.question, args.mode, args.stage_mode, args.sample_index, problem_id=problem.id
+                problem.question,
+                args.mode,
+                args.stage_mode,
+                args.sample_index,
+                problem_id=problem.id,
+                refresh=args.refresh,
             )
             outcome = produce_rationale(engine, client, work)
             if isinstance(outcome.result, CallFailure) and outcome.result.kind == "auth":
@@ -167,6 +179,7 @@ def _summary(
     outcomes: list[RationaleOutcome], verdicts: list[ProbeVerdict], seconds: float
 ) -> dict[str, Any]:
     from services.teachers.rationale import CallFailure
+    from services.validation.verdict import count_read_by_fallback
 
     n = len(outcomes)
     right = sum(1 for v in verdicts if v.match is True)
@@ -197,6 +210,8 @@ def _summary(
         "right": right,
         "wrong": wrong,
         "unchecked": n - right - wrong,
+        # Verdicts whose answer came from the last-number fallback (confidence `low`).
+        "fallback": count_read_by_fallback(verdicts),
         "parse_failures": sum(parse_kinds.values()),
         "parse_failures_by_kind": parse_kinds,
         "call_failures": sum(call_kinds.values()),
@@ -272,7 +287,8 @@ def _print_summary(spec: TeacherSpec, args: argparse.Namespace, version: str, s:
     print(f"teacher {spec.to_text()}  mode {args.mode}/{args.stage_mode}  prompt {version}")
     print(
         f"problems {s['problems']}: right {s['right']}, wrong {s['wrong']}, unchecked {s['unchecked']} "
-        f"(parse failures {s['parse_failures']}, call failures {s['call_failures']})"
+        f"(parse failures {s['parse_failures']}, call failures {s['call_failures']}); "
+        f"{s['fallback']} read through the low-confidence last-number fallback"
     )
     for label, kinds in (("parse", s["parse_failures_by_kind"]), ("call", s["call_failures_by_kind"])):
         if kinds:

@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the teacher simulator (OpenAI + Anthropic APIs) with latency, limits and faults",
         description=(
             "Serve POST /v1/chat/completions (OpenAI) and POST /v1/messages (Anthropic), answering "
-            "KPDD prompts from gold solutions. Unknown problems get a generic answer of 0. Force a "
+            "KPDD prompts from gold solutions of the problems loaded with --corpus or --from-db; a "
+            "problem it does not know is refused (HTTP 422), never answered with an invented answer. "
+            "Force a "
             "fault per request with the header 'x-sim-fault: KIND[*N]' or a model name ending in "
             "'+fault=KIND[*N]' (KIND: 429, 500, hang, wrong, malformed, truncate, refusal, none). "
             "Counters: GET /_sim/stats."
@@ -134,6 +136,13 @@ def run_teacher_sim(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if problems == 0:
+            print(
+                "kpdd teacher-sim: warning: no problems loaded, so every model request is refused "
+                "(422); give --corpus FORMAT:PATH or --from-db",
+                file=sys.stderr,
+                flush=True,
+            )
 
     serve(config, ready)
     return 0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.cli.common import database_engine, print_json
 from services.config import get_settings
-from services.errors import BadInputError, ConfigError, RunFailure
+from services.errors import BadInputError, ConfigError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -97,9 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from db.engine import session_scope
-    from db.queries import training as q
-    from services.training.runs import TrainRequest, create_run, execute_run
+    from services.training.runs import TrainRequest, create_run, execute_run, submit_new_run
 
     settings = get_settings()
     if args.submit and not settings.broker_url:
@@ -123,21 +121,13 @@ def run_train(args: argparse.Namespace) -> int:
         eval_limit=args.eval_limit,
         eval_mode=args.eval_mode,
     )
-    run_id = create_run(engine, request, data_dir=settings.data_dir, submitted=args.submit)
     if args.submit:
-        from services.training.dispatch import submit_run
-
-        try:
-            submit_run(str(settings.broker_url), run_id)
-        except Exception as exc:
-            with session_scope(engine) as session:
-                q.set_run_state(session, run_id, "failed", reason=f"could not queue the run: {exc}")
-            raise RunFailure(
-                f"run {run_id} could not be queued ({type(exc).__name__}: {exc}); check KPDD_BROKER_URL "
-                "and that Redis is running; the run is marked failed"
-            ) from None
+        run_id = submit_new_run(
+            engine, request, data_dir=settings.data_dir, broker_url=str(settings.broker_url)
+        )
         _say(args, f"run {run_id} queued on the training queue; follow it with `kpdd run show {run_id}`")
     else:
+        run_id = create_run(engine, request, data_dir=settings.data_dir, submitted=False)
         _say(args, f"run {run_id}: preparing (run directory and log: `kpdd run show {run_id}`)")
         with ProgressDisplay(run_id) as display:
             execute_run(engine, run_id, echo=True, watch=display.update)

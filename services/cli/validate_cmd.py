@@ -41,7 +41,7 @@ from services.validation.consensus import (
     vote_key_for_response,
 )
 from services.validation.matching import GoldSpec, judge_cot, judge_execution
-from services.validation.verdict import BAD_INPUT, LOW, Verdict, failed
+from services.validation.verdict import BAD_INPUT, Verdict, failed, read_by_fallback
 
 MAX_LINE_BYTES = 8 << 20
 DEFAULT_BATCH = 256
@@ -128,7 +128,7 @@ class _Output:
         document.update(line.verdict.to_json())
         self.stream.write(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE))
         self.counts[line.verdict.kind] += 1
-        self.fallback += line.verdict.confidence == LOW
+        self.fallback += read_by_fallback(line.verdict)
 
 
 def run_validate(args: argparse.Namespace) -> int:

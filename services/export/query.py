@@ -16,9 +16,12 @@ the same database state even while generation jobs keep writing. Elsewhere (SQLi
 Postgres connection whose client encoding is not UTF-8) SQLAlchemy streams the rows, in one read
 transaction too (WAL gives SQLite a stable snapshot), and each fetch becomes one table.
 
-A job selects its *scope*: the rationales of the job's problems by the job's teachers, in the
-job's modes and stage mode, whichever job first produced them. A job that found its rationales
-already stored (and paid nothing) therefore still exports them.
+A job selects its rationales through `job_rationales`: the ones it produced and the ones it
+found stored and reused (so a job that paid nothing still exports them), recorded as it worked,
+so a later job on the same problems adds nothing to an ended job's export. With the verdict
+filter (`valid`) a rationale must also have been valid when the job recorded it: one that had
+failed and was asked again by a later job stays out of the earlier job's export
+(`services.generation.figures`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from sqlalchemy import (
     select,
 )
 
-from db.models import Corpus, GenerationJob, JobProblem, Problem, Rationale
+from db.models import Corpus, GenerationJob, JobRationale, Problem, Rationale
+from db.nul import ESCAPE, unescape_nul
 from services.errors import BadInputError
 from services.export.spec import ExportSpec
 from services.export.writer import arrow_schema
@@ -148,20 +152,15 @@ def _teacher_clause(labels: Iterable[str]) -> ColumnElement[bool]:
     return or_(false(), *(and_(Rationale.provider == p, Rationale.model == m) for p, m in pairs))
 
 
-def _job_scope(jobs: list[JobScope]) -> ColumnElement[bool]:
-    clauses = []
-    for job in jobs:
-        clauses.append(
-            and_(
-                exists().where(
-                    JobProblem.job_id == job.job_id, JobProblem.problem_id == Rationale.problem_id
-                ),
-                _teacher_clause(job.teachers),
-                Rationale.mode.in_(list(job.modes)),
-                Rationale.stage_mode == job.stage_mode,
-            )
-        )
-    return or_(false(), *clauses)
+def _job_scope(jobs: list[JobScope], *, valid_only: bool) -> ColumnElement[bool]:
+    """The rationales the jobs recorded as theirs (`job_rationales`); with `valid_only`, only
+    those valid when recorded."""
+    recorded = exists().where(
+        JobRationale.rationale_id == Rationale.id, JobRationale.job_id.in_([job.job_id for job in jobs])
+    )
+    if valid_only:
+        recorded = recorded.where(JobRationale.verdict == "valid")
+    return recorded
 
 
 def _where(spec: ExportSpec, jobs: list[JobScope], *, with_verdict: bool) -> list[ColumnElement[bool]]:
@@ -171,7 +170,7 @@ def _where(spec: ExportSpec, jobs: list[JobScope], *, with_verdict: bool) -> lis
     if spec.teachers:
         where.append(_teacher_clause(spec.teachers))
     if jobs:
-        where.append(_job_scope(jobs))
+        where.append(_job_scope(jobs, valid_only=with_verdict and spec.verdict == "valid"))
     if with_verdict and spec.verdict == "valid":
         where.append(Rationale.verdict == "valid")
     return where
@@ -390,9 +389,10 @@ def stream_batches(
     tables = _raw_tables(conn, spec, jobs, batch or STREAM_BATCH)
     carry: pa.Table | None = None
     try:
-        for block in tables:
-            if not block.num_rows:
+        for raw in tables:
+            if not raw.num_rows:
                 continue
+            block = _unescaped(raw)
             table = block if carry is None else pa.concat_tables([carry, block])
             problem_ids = table.column("problem_id")
             # The last problem may go on in the next block: keep it back.
@@ -406,6 +406,20 @@ def stream_batches(
         tables.close()
     if carry is not None:
         yield carry
+
+
+def _unescaped(table: pa.Table) -> pa.Table:
+    """`table` with the text the database stores NUL-escaped (`db.nul`) read back as written.
+    Columns holding no escape character (every ordinary one) are passed through untouched."""
+    for index, field in enumerate(table.schema):
+        if not pa.types.is_string(field.type) and not pa.types.is_large_string(field.type):
+            continue
+        column = table.column(index)
+        if not pc.any(pc.match_substring(column, ESCAPE)).as_py():
+            continue
+        values = [unescape_nul(v) for v in column.to_pylist()]
+        table = table.set_column(index, field, pa.array(values, type=field.type))
+    return table
 
 
 def problem_starts(table: pa.Table) -> list[int]:

@@ -9,7 +9,12 @@ same time or after a crash:
 - rationales are upserted on their identity (problem, provider, model, mode, prompt version,
   sample index), and sample indices that already have a usable rationale are not asked again;
 - teacher calls go through the response cache, so work lost with a crashed worker is replayed
-  from the database at no cost when the chunk is delivered again.
+  from the database at no cost when the chunk is delivered again;
+- a worker holds the chunk's lease while it runs (`services.generation.chunks`): a second
+  delivery while the lease is live is skipped, not worked alongside.
+
+The rationales a chunk produces or reuses are recorded as the job's (`job_rationales`,
+`services.generation.figures`) as it goes, so the job's figures stay fixed once it ends.
 
 For each (problem, teacher, mode) the sample indices `0..samples-1` are asked first. With
 `until_valid` V, new indices are then asked, round after round, until V valid rationales exist
@@ -19,15 +24,17 @@ Judging: CoT answers by answer matching against the gold; PoT programs run in th
 only place they run) and their answers go through the same matching. A problem without a gold is
 judged against the consensus of all its rationales (every teacher, mode and sample).
 
-Budget: before a rationale's calls are made, an upper bound of their cost (prompt length and
-`max_tokens` at the model's price) is reserved on the job row, in Postgres, atomically; after them
-the reservation is settled with the cost the provider reported. A reservation that does not fit
-stops the job (`budget_exhausted`): no call is issued that could take spending past the budget.
-A worker killed between reserving and settling leaves its reservation held, which can only stop a
-job early, never let it overspend.
+Budget (`services.generation.budget`): before a rationale's calls are made, their expected cost
+is held on the job (a `budget_holds` row with a lease); after them the hold is settled with the
+cost the providers reported. A hold that does not fit waits while other holds are live, and
+stops the job (`budget_exhausted`) when none is left to settle.
 
 A call that fails after its retries gives a rationale with verdict `failed` and fails its problem
 (`failed`, with the error kind); a later `kpdd generate` or redelivery asks that index again.
+Any other error propagates to `services.generation.failures.run_chunk`, which classifies and
+records it. Once the job has ended no call is made (checked before each one), and once it is
+cancelled no rationale is written; a problem started more than `KPDD_CHUNK_MAX_DELIVERIES` times
+fails (`attempt_cap`).
 """
 
 from __future__ import annotations
@@ -35,29 +42,30 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, GenerationJob, Problem, Rationale
+from db.nul import escape_nul_json
 from db.queries.generation import (
     chunk_problems,
     count_attempt,
     existing_rationales,
     finish_if_done,
-    reserve_budget,
-    set_problem_states,
-    settle_budget,
-    stop_pending,
     upsert_rationales,
 )
-from services.kpdd.prompts import prompt_set_version, render_prompt
+from services.generation.budget import BudgetPolicy, ask_within_budget
+from services.generation.chunks import hold_chunk
+from services.generation.failures import cap_attempts, close_problems, guarded, may_write, was_stopped
+from services.generation.figures import record_produced, record_reused_rationales
+from services.generation.params import teacher_options_key
+from services.kpdd.prompts import prompt_set_version
 from services.kpdd.records import KeyPoints, ParseFailure
 from services.teachers.base import TeacherClient
 from services.teachers.rationale import CallFailure, RationaleOutcome, RationaleWork, produce_rationale
@@ -75,8 +83,6 @@ from services.validation.verdict import Verdict
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[TeacherSpec], TeacherClient]
-# Characters per token assumed when bounding a prompt's cost: low on purpose (an upper bound).
-_CHARS_PER_TOKEN_BOUND = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,6 +123,7 @@ class ChunkReport:
     cached_calls: int = 0
     budget_stopped: bool = False
     skipped: str | None = None
+    failed: int = 0  # problems failed by an error of the worker (services.generation.failures)
 
     def __str__(self) -> str:
         if self.skipped:
@@ -125,6 +132,7 @@ class ChunkReport:
             f"{self.problems} problems, {self.rationales} rationales ({self.valid} valid), "
             f"{self.paid_calls} paid and {self.cached_calls} cached calls"
             + (", budget exhausted" if self.budget_stopped else "")
+            + (f", {self.failed} failed" if self.failed else "")
         )
 
 
@@ -138,6 +146,8 @@ class _Job:
     until_valid: int | None
     attempts_cap: int
     budgeted: bool
+    refresh: bool = False  # --refresh: bypass the response cache, remake stored rationales
+    reuse_any_options: bool = False  # --reuse-any-options
 
 
 @dataclass(slots=True)
@@ -168,10 +178,6 @@ class _Slot:
         return [i for i in range(job.attempts_cap) if i not in settled][:missing]
 
 
-class BudgetExhausted(Exception):
-    """The job's budget cannot hold the next rationale's calls."""
-
-
 class Generator:
     """Per-process machinery for running chunks: database engine, teacher clients (one per
     spec, shared by threads), a thread pool for concurrent teacher calls, and the sandbox
@@ -184,13 +190,17 @@ class Generator:
         *,
         threads: int = 16,
         sandbox_parallelism: int = 4,
+        sandbox_strict: bool | None = None,
         consensus_min_agreement: float = 0.6,
         consensus_min_votes: int = 2,
+        budget_policy: BudgetPolicy | None = None,
     ) -> None:
         self.engine = engine
+        self.budget_policy = budget_policy or BudgetPolicy()
         self.client_factory = client_factory
         self.threads = threads
         self.sandbox_parallelism = sandbox_parallelism
+        self.sandbox_strict = sandbox_strict  # None: as KPDD_SANDBOX_MODE says outside a worker
         self.consensus_min_agreement = consensus_min_agreement
         self.consensus_min_votes = consensus_min_votes
         self._clients: dict[str, TeacherClient] = {}
@@ -211,7 +221,8 @@ class Generator:
     def sandbox(self) -> Sandbox:
         with self._lock:
             if self._sandbox is None:
-                self._sandbox = Sandbox(parallelism=self.sandbox_parallelism).start()
+                sandbox = Sandbox(parallelism=self.sandbox_parallelism, strict=self.sandbox_strict)
+                self._sandbox = sandbox.start()
             return self._sandbox
 
     def close(self) -> None:
@@ -225,16 +236,27 @@ class Generator:
 
     # --- the chunk ---------------------------------------------------------------------------
 
-    def process_chunk(self, job_id: int, chunk: int) -> ChunkReport:
+    def process_chunk(self, job_id: int, chunk: int, problem_ids: Sequence[int] | None = None) -> ChunkReport:
+        # Chunk lease (services.generation.chunks): held, and renewed by a heartbeat, while the
+        # chunk runs; a delivery of a chunk another worker holds is skipped.
+        with hold_chunk(self.engine, job_id, chunk) as lease:
+            if not lease.taken:
+                return ChunkReport(job_id, chunk, skipped=lease.skip_reason())
+            return self._process_chunk(job_id, chunk, problem_ids)
+
+    def _process_chunk(self, job_id: int, chunk: int, problem_ids: Sequence[int] | None) -> ChunkReport:
+        """The chunk's pending problems (those of `problem_ids` only, when given)."""
         report = ChunkReport(job_id, chunk)
         job = self._start(job_id)
         if job is None:
             report.skipped = "the job is finished, cancelled or gone"
             return report
         with Session(self.engine) as session, session.begin():
-            pending = [pid for pid, state in chunk_problems(session, job_id, chunk) if state == "pending"]
+            pending = [p for p, state in chunk_problems(session, job_id, chunk) if state == "pending"]
+            pending = [p for p in pending if problem_ids is None or p in problem_ids]
             if pending:
                 count_attempt(session, job_id, pending)
+                pending = cap_attempts(session, job_id, chunk, pending)
                 problems = [
                     ProblemRow(p.id, p.question, p.gold_answer, p.gold_kind)
                     for p in session.scalars(
@@ -247,9 +269,11 @@ class Generator:
             return report
         report.problems = len(problems)
         slots = self._known_slots(job, problems)
+        record_reused_rationales(self.engine, job, [p.id for p in problems])  # job figures
         failures: dict[int, tuple[str, str]] = {}
         budget_hit: set[int] = set()
         round_no = 0
+        ask = guarded(self.engine, job_id, lambda item: self._ask(job, item))  # no call once it ended
         while True:
             items = [
                 WorkItem(problem, teacher, mode, index)
@@ -262,7 +286,7 @@ class Generator:
             if not items or self._stopped(job_id):
                 break
             round_no += 1
-            results = list(self._pool.map(lambda item: self._ask(job, item), items))
+            results = list(self._pool.map(ask, items))
             self._judge(results, problems)
             rows = []
             for result in results:
@@ -270,6 +294,8 @@ class Generator:
                 if result.outcome is None:
                     budget_hit.add(item.problem.id)
                     report.budget_stopped = True
+                    continue
+                if was_stopped(result.outcome):  # the job ended before the call: nothing to record
                     continue
                 rows.append(self._row(job_id, result))
                 verdict = rows[-1]["verdict"]
@@ -283,9 +309,12 @@ class Generator:
                 if isinstance(result.outcome.result, CallFailure):
                     failures[item.problem.id] = (result.outcome.result.kind, result.outcome.result.message)
             with Session(self.engine) as session, session.begin():
-                upsert_rationales(session, rows)
+                if not may_write(session, job_id):  # cancelled: calls in flight are in the ledger only
+                    break
+                ids = upsert_rationales(session, [escape_nul_json(row) for row in rows])
+                record_produced(session, job_id, ids, [row["verdict"] for row in rows])  # job figures
             log.debug("job %s chunk %s round %s: %d rationales", job_id, chunk, round_no, len(rows))
-        self._close_problems(job_id, problems, failures, budget_hit)
+        close_problems(self.engine, job_id, [p.id for p in problems], failures, budget_hit)
         return report
 
     # --- steps -------------------------------------------------------------------------------
@@ -310,6 +339,8 @@ class Generator:
                 until_valid=row.until_valid,
                 attempts_cap=row.max_attempts if row.max_attempts is not None else row.samples,
                 budgeted=row.budget_usd is not None,
+                refresh=bool(row.params.get("refresh")),
+                reuse_any_options=bool(row.params.get("reuse_any_options")),
             )
 
     def _stopped(self, job_id: int) -> bool:
@@ -318,13 +349,27 @@ class Generator:
         return status is None or status in JOB_TERMINAL_STATUSES
 
     def _known_slots(self, job: _Job, problems: list[ProblemRow]) -> dict[tuple[int, str, str], _Slot]:
+        """The stored rationales each (problem, teacher, mode) may reuse: those made with the
+        teacher's generation options (`options_key`), or any with `--reuse-any-options`; with
+        `--refresh`, only the ones this job made itself (a redelivered chunk)."""
         slots: dict[tuple[int, str, str], _Slot] = defaultdict(_Slot)
         ids = [p.id for p in problems]
         with Session(self.engine) as session:
             for teacher in job.teachers:
+                key = teacher_options_key(teacher)
                 for mode in job.modes:
                     version = prompt_set_version(mode, job.stage_mode)  # type: ignore[arg-type]
-                    stored = existing_rationales(session, ids, teacher.provider, teacher.model, mode, version)
+                    stored = existing_rationales(
+                        session,
+                        ids,
+                        teacher.provider,
+                        teacher.model,
+                        mode,
+                        version,
+                        options_key=key,
+                        reuse_any_options=job.reuse_any_options,
+                        produced_by_job=job.id if job.refresh else None,
+                    )
                     for problem_id, verdicts in stored.items():
                         slots[(problem_id, teacher.label, mode)].verdicts.update(verdicts)
         return slots
@@ -337,20 +382,11 @@ class Generator:
             stage_mode=job.stage_mode,  # type: ignore[arg-type]
             sample_index=item.sample_index,
             problem_id=item.problem.id,
+            refresh=job.refresh,
         )
         if not job.budgeted:
             return ItemResult(item, produce_rationale(self.engine, client, work))
-        reserved = cost_bound(client, work)
-        with Session(self.engine) as session, session.begin():
-            if not reserve_budget(session, job.id, reserved):
-                return ItemResult(item, None)
-        outcome: RationaleOutcome | None = None
-        try:
-            outcome = produce_rationale(self.engine, client, work)
-        finally:
-            with Session(self.engine) as session, session.begin():
-                settle_budget(session, job.id, reserved, _spent(outcome, reserved))
-        return ItemResult(item, outcome)
+        return ItemResult(item, ask_within_budget(self.engine, job.id, client, work, self.budget_policy))
 
     def _judge(self, results: list[ItemResult], problems: list[ProblemRow]) -> None:
         """Fill in each result's verdict: programs run in the sandbox, then matching."""
@@ -429,6 +465,7 @@ class Generator:
             "stage_mode": self._stage_mode_of(outcome),
             "prompt_version": outcome.prompt_version,
             "sample_index": item.sample_index,
+            "options_key": teacher_options_key(item.teacher),
             "core_question": None,
             "solving_info": None,
             "solution_text": None,
@@ -471,62 +508,9 @@ class Generator:
     def _stage_mode_of(outcome: RationaleOutcome) -> str:
         return "staged" if "-staged-" in outcome.prompt_version else "single"
 
-    def _close_problems(
-        self,
-        job_id: int,
-        problems: list[ProblemRow],
-        failures: dict[int, tuple[str, str]],
-        budget_hit: set[int],
-    ) -> None:
-        states: dict[int, tuple[str, str | None, str | None]] = {}
-        for problem in problems:
-            if problem.id in budget_hit:
-                states[problem.id] = ("budget", "budget", "the job's budget ran out before this problem")
-            elif problem.id in failures:
-                kind, message = failures[problem.id]
-                states[problem.id] = ("failed", kind, message[:2000])
-            else:
-                states[problem.id] = ("done", None, None)
-        with Session(self.engine) as session, session.begin():
-            set_problem_states(session, job_id, states)
-            if budget_hit:
-                job = session.get(GenerationJob, job_id, with_for_update=True)
-                if job is not None and job.status not in JOB_TERMINAL_STATUSES:
-                    stop_pending(session, job_id, "budget", "the job's budget ran out")
-                    job.status = "budget_exhausted"
-                    job.stop_reason = (
-                        f"budget of ${job.budget_usd} reached (spent ${job.spent_usd}); "
-                        "no further calls were issued"
-                    )
-                    job.finished_at = datetime.now(UTC)
-        self._finish(job_id)
-
     def _finish(self, job_id: int) -> None:
         with Session(self.engine) as session, session.begin():
             finish_if_done(session, job_id)
-
-
-def cost_bound(client: TeacherClient, work: RationaleWork) -> Decimal:
-    """An upper bound of what `work`'s calls can cost: every stage's prompt at 1 token per
-    2 characters (later stages also carry earlier answers) and `max_tokens` out per call."""
-    price = client.price
-    if price is None:
-        raise BudgetExhausted(f"{client.label} has no price: a budgeted job cannot bound its cost")
-    prompt = render_prompt(work.question, work.mode, "single")
-    prompt_chars = len(prompt.system) + sum(len(str(m.get("content", ""))) for m in prompt.messages)
-    max_out = client.spec.options.max_tokens
-    tokens_in = prompt_chars // _CHARS_PER_TOKEN_BOUND + 16
-    if work.stage_mode == "single":
-        return price.cost(tokens_in, max_out)
-    return 3 * price.cost(tokens_in + 2 * max_out, max_out)
-
-
-def _spent(outcome: RationaleOutcome | None, reserved: Decimal) -> Decimal:
-    """What the calls cost: the reported cost, or the whole reservation when it is unknown
-    (a crash mid-call may have paid for something)."""
-    if outcome is None or outcome.cost_usd is None:
-        return reserved
-    return outcome.cost_usd
 
 
 def _key_points(result: ItemResult) -> KeyPoints | None:
@@ -534,3 +518,6 @@ def _key_points(result: ItemResult) -> KeyPoints | None:
         return None
     got = result.outcome.result
     return got if isinstance(got, KeyPoints) else None
+
+
+__all__ = ["ChunkReport", "ClientFactory", "Generator"]

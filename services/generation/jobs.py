@@ -1,4 +1,14 @@
-"""Creating, cancelling and resuming generation jobs (the Postgres side; queuing is `dispatch`)."""
+"""Creating, cancelling and resuming generation jobs (the Postgres side; queuing is `dispatch`).
+
+A job is written in one transaction with one `job_problems` row per problem, one `job_chunks`
+row per chunk (queued now when a broker will carry them, so that the reconciler queues them
+again if the submitter dies before sending; never queued when they run in-process), and the
+submitter's configuration that matters to results (`submitted_config`, see
+`services.generation.deployment`).
+
+Resuming re-queues every chunk with a pending problem except the ones a worker holds now (a live
+lease): those are still being worked, and queuing them again would only be skipped.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +20,10 @@ from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, Corpus, GenerationJob, Problem
 from db.queries.generation import add_job_problems, pending_chunks, state_counts, stop_pending
+from db.queries.operations import add_job_chunks, db_now, leased_chunks
 from services.config import get_settings
 from services.errors import BadInputError
+from services.generation.deployment import job_config
 from services.generation.params import GenerateParams
 from services.teachers.keys import check_key
 from services.teachers.pricing import load_prices
@@ -43,9 +55,12 @@ def parse_teachers(params: GenerateParams) -> list[TeacherSpec]:
     return specs
 
 
-def create_job(engine: Engine, params: GenerateParams) -> CreatedJob:
-    """Record the job and one pending work item per problem, in one transaction."""
+def create_job(engine: Engine, params: GenerateParams, *, queued: bool | None = None) -> CreatedJob:
+    """Record the job and one pending work item per problem, in one transaction. `queued`: its
+    chunks go to a broker (default: when KPDD_BROKER_URL is set), so they are marked queued."""
     specs = parse_teachers(params)
+    if queued is None:
+        queued = get_settings().broker_url is not None
     with Session(engine) as session, session.begin():
         corpus = session.scalar(select(Corpus).where(Corpus.name == params.corpus))
         if corpus is None:
@@ -81,6 +96,7 @@ def create_job(engine: Engine, params: GenerateParams) -> CreatedJob:
             chunk_size=params.chunk_size,
             budget_usd=params.budget_usd,
             params=params.to_json(),
+            submitted_config=job_config(specs),
         )
         session.add(job)
         session.flush()
@@ -88,6 +104,7 @@ def create_job(engine: Engine, params: GenerateParams) -> CreatedJob:
         if total == 0:
             raise BadInputError(f"--corpus: {params.corpus!r} has no problems to generate for")
         job.total_problems = total
+        add_job_chunks(session, job.id, db_now(session) if queued else None)
         chunks = pending_chunks(session, job.id)
         return CreatedJob(job.id, total, chunks)
 
@@ -113,8 +130,9 @@ def cancel_job(engine: Engine, job_id: int) -> int:
 
 
 def resumable_chunks(engine: Engine, job_id: int) -> list[int]:
-    """The chunks to queue again: every chunk with a pending problem. A cancelled or finished job
-    has none; a job stopped by its budget is not resumed (raise the budget with a new job)."""
+    """The chunks to queue again: every chunk with a pending problem that no worker holds now
+    (a live lease: it is being worked). A cancelled or finished job has none; a job stopped by
+    its budget is not resumed (raise the budget with a new job)."""
     with Session(engine) as session, session.begin():
         job = load_job(session, job_id)
         if job.status in JOB_TERMINAL_STATUSES:
@@ -122,4 +140,21 @@ def resumable_chunks(engine: Engine, job_id: int) -> list[int]:
         counts = state_counts(session, job_id)
         if not counts.get("pending"):
             return []
-        return pending_chunks(session, job_id)
+        held = leased_chunks(session, job_id, db_now(session))
+        return [chunk for chunk in pending_chunks(session, job_id) if chunk not in held]
+
+
+def submit_job(engine: Engine, params: GenerateParams, broker_url: str) -> CreatedJob:
+    """`kpdd generate` and `POST /api/jobs` with a broker: check the broker (a down or
+    misconfigured one writes no job), record the job, queue its chunks. EnqueueFailed when some
+    chunks could not be sent (they are recorded; the reconciler or `kpdd resume` sends them)."""
+    from services.generation.dispatch import CeleryDispatcher, check_broker
+
+    check_broker(broker_url)
+    created = create_job(engine, params, queued=True)
+    dispatcher = CeleryDispatcher(broker_url, engine=engine)
+    try:
+        dispatcher.enqueue(created.job_id, created.chunks)
+    finally:
+        dispatcher.close()
+    return created

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from services.errors import BadInputError
+
+if TYPE_CHECKING:
+    from services.teachers.spec import TeacherSpec
 
 MODES = ("cot", "pot")
 STAGE_MODES = ("single", "staged")
@@ -23,6 +30,12 @@ class GenerateParams:
       all, until `until_valid` valid rationales exist for that (problem, teacher, mode).
     - `budget_usd`: the job never spends more (cost reserved before each call, settled after).
     - `limit`: only the first N problems of the corpus/split (by id), for trials.
+    - `refresh`: bypass the response cache: every call is sent again and its response replaces
+      the stored one (later jobs replay the new responses), and rationales stored before this
+      job are made again.
+    - `reuse_any_options`: reuse stored rationales whatever generation options they were made
+      with (legacy rows without an options key included); by default only rationales made with
+      this job's options (`options_key`) are reused.
     """
 
     corpus: str
@@ -36,6 +49,8 @@ class GenerateParams:
     budget_usd: Decimal | None = None
     limit: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    refresh: bool = False
+    reuse_any_options: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +99,24 @@ class GenerateParams:
         out = asdict(self)
         out["budget_usd"] = None if self.budget_usd is None else str(self.budget_usd)
         return out
+
+
+OPTIONS_KEY_LENGTH = 16  # hex characters; `rationales.options_key` is String(16)
+
+
+def options_key(options: Mapping[str, Any]) -> str:
+    """The short, stable hash of the generation options a rationale was made with: the first 16
+    hex characters of the sha256 of their canonical JSON (sorted keys). The options are those
+    sent with every request (`TeacherOptions.generation()`: temperature, top_p, max_tokens, and
+    seed or top_k), so it changes exactly when the output may; rate limits and `api_key_env` are
+    not in it. Never '' (that marks rationales stored before options were part of the identity)."""
+    canonical = orjson.dumps(dict(options), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:OPTIONS_KEY_LENGTH]
+
+
+def teacher_options_key(spec: TeacherSpec) -> str:
+    """`options_key` of the options a teacher spec sends."""
+    return options_key(spec.options.generation())
 
 
 def parse_budget(text: str | None) -> Decimal | None:

@@ -14,9 +14,12 @@ exception propagate. `call(request)` wraps it:
 - an exception `classify` does not know (a bug) propagates unchanged and is never retried.
 
 `before_attempt(request)`, when given, runs before every attempt, retries included: the hook
-for a shared rate limiter (it may wait) or a budget check (it may raise to stop the call).
+for a shared rate limiter (it may wait) or a budget check (it may raise to stop the call). A
+`TeacherCallError` it raises ends the call with that error and nothing is sent (a limiter wait
+that timed out: kind `rate_limit_wait`); any other exception propagates.
 `on_failure(error)`, when given, runs after every failed attempt with the classified error (a
-shared limiter pauses every worker on a 429's `Retry-After`).
+shared limiter pauses every worker on a 429's `Retry-After`), and `after_response(request,
+response)` after every answered one (a limiter settles its token estimate with the usage).
 
 The result is a `CallResult`, failures included: a failed call is data. Error messages and
 stored bodies are scrubbed of the client's key. The key lives only in the SDK client object; it
@@ -112,6 +115,7 @@ class TeacherClient(ABC):
         rng: random.Random | None = None,
         before_attempt: Callable[[TeacherRequest], None] | None = None,
         on_failure: Callable[[TeacherCallError], None] | None = None,
+        after_response: Callable[[TeacherRequest, TeacherResponse], None] | None = None,
     ) -> None:
         self.spec = spec
         self.price = price
@@ -121,6 +125,7 @@ class TeacherClient(ABC):
         self._rng = rng or random.Random()
         self._before_attempt = before_attempt
         self._on_failure = on_failure
+        self._after_response = after_response
         self._secrets: tuple[str, ...] = ()
 
     @property
@@ -143,7 +148,11 @@ class TeacherClient(ABC):
         while True:
             attempt += 1
             if self._before_attempt is not None:
-                self._before_attempt(request)  # e.g. take a rate-limit token; may wait or raise
+                try:
+                    self._before_attempt(request)  # e.g. take a rate-limit token; may wait or raise
+                except TeacherCallError as refused:  # nothing was sent for this attempt
+                    log.info("%s: %s before attempt %d", self.label, refused.kind, attempt)
+                    return CallResult(None, self._scrubbed(refused), attempt - 1, None, waits)
             started = time.perf_counter()
             try:
                 response = self.complete(request)
@@ -164,6 +173,8 @@ class TeacherClient(ABC):
                 self._sleep(wait)
                 continue
             response.raw = redact_json(response.raw, self._secrets)
+            if self._after_response is not None:
+                self._after_response(request, response)  # e.g. settle a rate-limit estimate
             return CallResult(response, None, attempt, _ms_since(started), waits)
 
     def _wait_before_retry(self, error: TeacherCallError, attempt: int) -> float | None:

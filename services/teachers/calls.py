@@ -6,30 +6,80 @@ URL is not part of it (the same model behind another host or proxy is the same t
 the key or anything about the caller.
 
 `cached_call(engine, client, request)` looks the fingerprint up in `teacher_calls`; a stored
-paid response (`ok` or `refused`) is replayed and nothing is sent. Otherwise the client is
-called (with its retries) and the outcome, success or failure, is upserted on the fingerprint in
-its own short transaction (no transaction stays open across the HTTP call). Re-running the same
-work, or changing the parser or the validator, therefore pays nothing: only the text and the
-finish reason are needed to parse again, and both are stored.
+paid response (`ok` or `refused`) is replayed and nothing is sent. Otherwise the request is
+claimed before the client is called, and the outcome, success or failure, is written over the
+claim after it, each in its own short transaction (no transaction stays open across the HTTP
+call). Re-running the same work, or changing the parser or the validator, therefore pays
+nothing: only the text and the finish reason are needed to parse again, and both are stored.
+
+No request is paid twice at the same time. The claim (`db.queries.teachers.claim_call`) writes
+the row as `in_flight` with its holder (`host:pid:thread`), `claim_until` (renewed every third of
+`KPDD_CLAIM_TTL_S` by the process's `LeaseKeeper` while the call runs, rate-limit waits and
+retries included) and the call's estimated cost (`services.teachers.tokens`). A caller that finds
+a live claim on its request, in any thread, process or host, polls until the claim is settled
+and replays its outcome (a `failed` one is claimed and asked again); a claim whose holder died
+is taken over once `claim_until` passes, or at once when it is a claim of the caller's own
+process that none of its threads is working (a call whose outcome could not be written because
+the database went away, asked again by the retried chunk). An outcome that cannot be written
+because the database is away is kept, its claim still held, and written by a background thread
+once the database is back (`_LaterSettles`): meanwhile the request is waited for, not paid
+again, and afterwards replayed. A call that raises (a bug, an unreachable limiter)
+ends its claim at once, leaving the row `in_flight`: an outcome unknown that may have been paid,
+counted in spend at its estimate until a later call settles it. The row written before the call
+is the intent: every paid call reaches the ledger, crashes included.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.queries.teachers import NewTeacherCall, StoredCall, find_replayable_call, record_call
+from db.nul import escape_nul, escape_nul_json, unescape_nul
+from db.queries.cache import replace_call
+from db.queries.claims import (
+    abandon_claim,
+    claim_call,
+    claim_state,
+    release_claim,
+    renew_claims,
+    settle_call,
+    settle_claimed,
+)
+from db.queries.teachers import IN_FLIGHT, NewTeacherCall, StoredCall, find_replayable_call
 from services.kpdd.prompts import RenderedPrompt
 from services.kpdd.records import FinishReason, Stage
+from services.leases import LeaseKeeper, holder_id, lease_ttl_s, process_prefix
 from services.teachers.base import CallResult, TeacherClient, TeacherRequest
 from services.teachers.pricing import usd_text
+from services.teachers.tokens import output_history, prompt_tokens
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = 1
+# Polling a claim held by another caller: the first wait, growing by half each time to the last.
+CLAIM_POLL_FIRST_S = 0.05
+CLAIM_POLL_MAX_S = 1.0
+
+
+def _renew(engine: Engine, ids: list[int], prefix: str, ttl_s: float) -> int:
+    with engine.begin() as conn:
+        return renew_claims(conn, ids, prefix, ttl_s)
+
+
+# Renews this process's claims while their calls run (services.leases).
+CLAIMS = LeaseKeeper("claim", _renew)
 
 
 def request_fingerprint(
@@ -103,29 +153,100 @@ class CallRecord:
 
 
 def cached_call(
-    engine: Engine, client: TeacherClient, request: TeacherRequest, *, problem_id: int | None = None
+    engine: Engine,
+    client: TeacherClient,
+    request: TeacherRequest,
+    *,
+    problem_id: int | None = None,
+    refresh: bool = False,
 ) -> CallRecord:
     """Replay the stored response for `request`, or call the teacher and record the outcome.
 
     Idempotent: calling it again for the same request replays, and a redelivered task never adds
-    a row. Exceptions that are not teacher errors (bugs, a database failure) propagate."""
+    a row. Exceptions that are not teacher errors (bugs, a database failure) propagate.
+    `refresh`: call even when a response is stored, and store the new paid response over it
+    (same row and id; a failed refresh keeps the stored one: `db.queries.cache.replace_call`)."""
     fingerprint = fingerprint_of(client, request)
-    # Plain connections, not ORM sessions: this runs around every teacher call.
-    with engine.connect() as conn:
-        stored = find_replayable_call(conn, fingerprint)
-    if stored is not None:
-        return _replayed(stored, request.prompt.stage)
-    result = client.call(request)
+    holder = holder_id()
+    with _asking(fingerprint):
+        claim_id = 0
+        waited = False  # a refresh that waited for another caller's refresh replays its outcome
+        orphan: str | None = None
+        while True:
+            # Plain connections, not ORM sessions: this runs around every teacher call.
+            with engine.connect() as conn:
+                stored = None if refresh and not waited else find_replayable_call(conn, fingerprint)
+            if stored is not None:
+                return _replayed(stored, request.prompt.stage)
+            intent = _intent(client, request, fingerprint, problem_id)
+            estimate = _estimated_cost(engine, client, request)
+            with engine.begin() as conn:
+                taken = claim_call(
+                    conn,
+                    intent,
+                    holder,
+                    lease_ttl_s(),
+                    estimate,
+                    refresh=refresh and not waited,
+                    orphan=orphan,
+                )
+            if taken is not None:
+                claim_id = taken
+                break
+            there_was_one, orphan = _wait_for_claim(engine, fingerprint)
+            waited = waited or there_was_one
+        with CLAIMS.held(engine, claim_id):
+            try:
+                result = client.call(request)
+            except BaseException:
+                _abandon(engine, fingerprint, holder)
+                raise
+            try:
+                return _settle(engine, client, request, fingerprint, result, problem_id, holder, refresh)
+            except (OperationalError, InterfaceError):
+                # The database went away after the answer: keep the claim (renewed) and write
+                # the outcome once it is back, so that nobody pays for it again meanwhile.
+                _LATER.add(
+                    engine,
+                    claim_id,
+                    fingerprint,
+                    lambda: _settle(
+                        engine, client, request, fingerprint, result, problem_id, holder, refresh
+                    ),
+                    lambda: _abandon(engine, fingerprint, holder),
+                )
+                raise
+            except BaseException:
+                _abandon(engine, fingerprint, holder)
+                raise
+
+
+def _settle(
+    engine: Engine,
+    client: TeacherClient,
+    request: TeacherRequest,
+    fingerprint: str,
+    result: CallResult,
+    problem_id: int | None,
+    holder: str,
+    refresh: bool,
+) -> CallRecord:
+    """Write the call's outcome over its claim (module doc) and return its record."""
     row = _row(client, request, fingerprint, result, problem_id)
     with engine.begin() as conn:
-        call_id, _written = record_call(conn, row)
+        call_id = settle_claimed(conn, row, holder)
+        if call_id is None and refresh:  # the claim kept a stored response: refresh rules
+            call_id, _written = replace_call(conn, row)
+            release_claim(conn, fingerprint, holder)
+        elif call_id is None:  # the claim was lost meanwhile (module doc of db.queries.teachers)
+            call_id, _written = settle_call(conn, row, holder)
     return CallRecord(
         call_id=call_id,
         fingerprint=fingerprint,
         stage=request.prompt.stage,
         status=row.status,
         cached=False,
-        text=row.response_text,
+        text=result.response.text if result.response else None,
         finish_reason=result.response.finish_reason if result.response else None,
         tokens_in=row.tokens_in,
         tokens_out=row.tokens_out,
@@ -134,8 +255,160 @@ def cached_call(
         latency_ms=row.latency_ms,
         attempts=result.attempts,
         error_kind=row.error_kind,
-        error_message=row.error_message,
+        error_message=result.error.message if result.error else None,
         retryable=result.error.retryable if result.error else False,
+    )
+
+
+def _estimated_cost(engine: Engine, client: TeacherClient, request: TeacherRequest) -> Decimal | None:
+    """What the call may cost (None without a price): its prompt, and the output the ledger's
+    history of this teacher and prompt expects (`services.teachers.tokens`)."""
+    if client.price is None:
+        return None
+    prompt = request.prompt
+    tokens_out = output_history().expected(
+        engine, client.provider, client.spec.model, prompt.version, client.spec.options.max_tokens
+    )
+    return client.price.cost(prompt_tokens(prompt), tokens_out)
+
+
+# Fingerprints this process's threads are asking now (claiming, calling or settling), counted.
+_ASKING: Counter[str] = Counter()
+_ASKING_LOCK = threading.Lock()
+
+
+@contextmanager
+def _asking(fingerprint: str) -> Iterator[None]:
+    with _ASKING_LOCK:
+        _ASKING[fingerprint] += 1
+    try:
+        yield
+    finally:
+        with _ASKING_LOCK:
+            _ASKING[fingerprint] -= 1
+            if _ASKING[fingerprint] <= 0:
+                del _ASKING[fingerprint]
+
+
+def _orphaned(claimed_by: str | None, fingerprint: str) -> bool:
+    """A live claim of this process that none of its threads is working: left by a call whose
+    outcome could not be written (the database went away). It may be taken at once."""
+    if claimed_by is None or not claimed_by.startswith(process_prefix()):
+        return False
+    with _ASKING_LOCK:
+        return _ASKING[fingerprint] <= 1  # only the caller asking now
+
+
+def _wait_for_claim(engine: Engine, fingerprint: str) -> tuple[bool, str | None]:
+    """Poll while another caller holds a live claim on the request. Returns whether there was
+    one, and the holder of an orphaned claim of this process (`_orphaned`) to take over."""
+    pause = CLAIM_POLL_FIRST_S
+    waited = False
+    while True:
+        with engine.connect() as conn:
+            state = claim_state(conn, fingerprint)
+        if state is None or not state.live:
+            if not waited:
+                time.sleep(CLAIM_POLL_FIRST_S)  # settled between our claim and this look
+            return waited, None
+        if _orphaned(state.claimed_by, fingerprint):
+            return waited, state.claimed_by
+        waited = True
+        time.sleep(pause)
+        pause = min(CLAIM_POLL_MAX_S, pause * 1.5)
+
+
+class _LaterSettles:
+    """Outcomes that could not be written because the database was away, written by a daemon
+    thread as soon as it is back (tried every `period_s`, for at most `max_s`; then the claim
+    is let go as an outcome unknown). Until then the claim stays registered with `CLAIMS` (still
+    renewed, when the database allows) and its fingerprint counts as asked in this process, so
+    neither another process nor a retry in this one pays for the request again."""
+
+    period_s = 1.0
+    max_s = 600.0
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Engine, int, str, Callable[[], object], Callable[[], None], float]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(
+        self,
+        engine: Engine,
+        claim_id: int,
+        fingerprint: str,
+        settle: Callable[[], object],
+        give_up: Callable[[], None],
+    ) -> None:
+        CLAIMS.add(engine, claim_id)
+        with _ASKING_LOCK:
+            _ASKING[fingerprint] += 1
+        with self._lock:
+            self._pending.append(
+                (engine, claim_id, fingerprint, settle, give_up, time.monotonic() + self.max_s)
+            )
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kpdd-later-settles", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            with self._lock:
+                pending, self._pending = self._pending, []
+                if not pending:
+                    self._thread = None
+                    return
+            left = []
+            for item in pending:
+                engine, claim_id, fingerprint, settle, give_up, deadline = item
+                try:
+                    settle()
+                except Exception as exc:
+                    if time.monotonic() < deadline:
+                        left.append(item)
+                        continue
+                    log.error("gave up writing the outcome of %s: %s", fingerprint[:12], exc)
+                    give_up()
+                CLAIMS.drop(engine, claim_id)
+                with _ASKING_LOCK:
+                    _ASKING[fingerprint] -= 1
+                    if _ASKING[fingerprint] <= 0:
+                        del _ASKING[fingerprint]
+            with self._lock:
+                self._pending.extend(left)
+
+
+_LATER = _LaterSettles()
+
+
+def _abandon(engine: Engine, fingerprint: str, holder: str) -> None:
+    try:
+        with engine.begin() as conn:
+            abandon_claim(conn, fingerprint, holder)
+    except Exception as exc:  # the claim expires by itself: it is no longer renewed
+        log.warning("could not end the claim on %s: %s", fingerprint[:12], exc)
+
+
+def _intent(
+    client: TeacherClient, request: TeacherRequest, fingerprint: str, problem_id: int | None
+) -> NewTeacherCall:
+    """The row of a call about to be made: what it is for, no outcome yet."""
+    prompt = request.prompt
+    return NewTeacherCall(
+        fingerprint=fingerprint,
+        provider=client.provider,
+        model=client.spec.model,
+        mode=prompt.mode,
+        stage_mode=prompt.stage_mode,
+        stage=prompt.stage,
+        prompt_version=prompt.version,
+        status=IN_FLIGHT,
+        options=client.generation_options(),
+        problem_id=problem_id,
+        sample_index=request.sample_index,
+        attempts=0,
     )
 
 
@@ -146,40 +419,30 @@ def _row(
     result: CallResult,
     problem_id: int | None,
 ) -> NewTeacherCall:
-    prompt = request.prompt
-    row = NewTeacherCall(
-        fingerprint=fingerprint,
-        provider=client.provider,
-        model=client.spec.model,
-        mode=prompt.mode,
-        stage_mode=prompt.stage_mode,
-        stage=prompt.stage,
-        prompt_version=prompt.version,
-        status="failed",
-        options=client.generation_options(),
-        problem_id=problem_id,
-        sample_index=request.sample_index,
-        latency_ms=result.latency_ms,
-        attempts=result.attempts,
-    )
+    row = _intent(client, request, fingerprint, problem_id)
+    row.status = "failed"
+    row.latency_ms = result.latency_ms
+    row.attempts = result.attempts
     response, error = result.response, result.error
     if response is not None:
         refused = response.finish_reason == "refusal"
         row.status = "refused" if refused else "ok"
         row.error_kind = "refusal" if refused else None
         row.finish_reason = response.finish_reason
-        row.response_text = response.text
+        row.response_text = escape_nul(response.text)
         row.tokens_in = response.tokens_in
         row.tokens_out = response.tokens_out
-        row.response = response.raw
+        row.response = escape_nul_json(response.raw)
         if client.price is not None and response.tokens_in is not None and response.tokens_out is not None:
             row.cost_usd = client.price.cost(response.tokens_in, response.tokens_out)
     elif error is not None:
         row.error_kind = error.kind
-        row.error_message = error.message
+        row.error_message = escape_nul(error.message)
         row.http_status = error.status_code
         if error.body is not None:
-            row.response = error.body if isinstance(error.body, dict) else {"body": error.body}
+            row.response = escape_nul_json(
+                error.body if isinstance(error.body, dict) else {"body": error.body}
+            )
     return row
 
 
@@ -191,7 +454,7 @@ def _replayed(stored: StoredCall, stage: Stage) -> CallRecord:
         stage=stage,
         status=stored.status,
         cached=True,
-        text=stored.response_text,
+        text=unescape_nul(stored.response_text),
         finish_reason=finish,
         tokens_in=stored.tokens_in,
         tokens_out=stored.tokens_out,
@@ -203,4 +466,11 @@ def _replayed(stored: StoredCall, stage: Stage) -> CallRecord:
     )
 
 
-__all__ = ["FINGERPRINT_VERSION", "CallRecord", "cached_call", "fingerprint_of", "request_fingerprint"]
+__all__ = [
+    "CLAIMS",
+    "FINGERPRINT_VERSION",
+    "CallRecord",
+    "cached_call",
+    "fingerprint_of",
+    "request_fingerprint",
+]

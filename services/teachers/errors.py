@@ -9,6 +9,11 @@ them) to a `TeacherCallError` with a `kind`:
   `refusal` (a 400 that the provider says is a content-policy refusal), `bad_response` (a 2xx
   whose body the SDK could not read).
 
+Three more kinds end a call before anything is sent, raised by a `before_attempt` hook (the
+worker's rate limiter, `workers.runtime`): `rate_limit_wait` (no capacity within
+`KPDD_RATE_LIMIT_WAIT_MAX_S`), `job_stopped` (the call's job ended while it waited),
+`worker_stopping` (the worker is shutting down). None is retried by the client.
+
 Anything else is not a teacher error (it is a bug): `classify` returns None and the caller lets
 it propagate, so nothing retries a bare exception. Messages never carry request headers; the
 caller scrubs them of the key as well (`redact`), since some servers echo part of it.
@@ -25,7 +30,20 @@ import httpx
 import openai
 
 ErrorKind = Literal[
-    "rate_limit", "server", "timeout", "connection", "bad_request", "auth", "refusal", "bad_response"
+    "rate_limit",
+    "server",
+    "timeout",
+    "connection",
+    "bad_request",
+    "auth",
+    "refusal",
+    "bad_response",
+    # Raised before an attempt, nothing sent: the shared rate limiter had no capacity within
+    # KPDD_RATE_LIMIT_WAIT_MAX_S; the job of the call ended while it waited; the worker is
+    # shutting down.
+    "rate_limit_wait",
+    "job_stopped",
+    "worker_stopping",
 ]
 RETRYABLE_KINDS: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "connection"})
 MAX_MESSAGE_CHARS = 500

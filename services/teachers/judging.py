@@ -18,13 +18,15 @@ from services.errors import RunFailure
 from services.kpdd.records import KeyPoints
 from services.validation.matching import judge_answer_text, judge_execution
 from services.validation.sandbox import Sandbox
+from services.validation.verdict import HIGH
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class ProbeVerdict:
-    """`match` is None when the answer could not be checked (`kind` then says why)."""
+    """`match` is None when the answer could not be checked (`kind` then says why).
+    `confidence` is the verdict's: `low` when the answer was read through the fallback."""
 
     checked: bool
     match: bool | None
@@ -32,6 +34,7 @@ class ProbeVerdict:
     extracted: str | None = None
     reason: str | None = None
     details: dict[str, Any] | None = None
+    confidence: str = HIGH
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,7 @@ class ProbeVerdict:
             "extracted": self.extracted,
             "reason": self.reason,
             "details": self.details or {},
+            "confidence": self.confidence,
         }
 
 
@@ -74,6 +78,7 @@ class AnswerJudge:
             verdict.extracted,
             str(verdict.details.get("reason")) if verdict.details.get("reason") else None,
             dict(verdict.details),
+            verdict.confidence,
         )
 
     def _get_sandbox(self) -> Sandbox | None:

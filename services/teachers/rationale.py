@@ -14,10 +14,16 @@ stage called or replayed).
 A failed call ends the chain with a `CallFailure` (kind from `errors`, `retryable` saying
 whether a later retry of the whole item may succeed). A response that cannot be used is a
 `ParseFailure`. Neither raises: both are data for the caller to store and count.
+
+`CALL_GUARD`, when the caller sets it (in the thread that calls `produce_rationale`), is asked
+before each stage's call: a reason it returns ends the chain with a `CallFailure` of kind
+`STOPPED` and nothing is sent (a generation job that was cancelled while its chunk ran).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -31,17 +37,24 @@ from services.teachers.base import TeacherClient, TeacherRequest
 from services.teachers.calls import CallRecord, cached_call
 from services.teachers.pricing import usd_text
 
+# Asked before each call; returns why no call may be made now, or None (see the module doc).
+CALL_GUARD: ContextVar[Callable[[], str | None] | None] = ContextVar("kpdd_call_guard", default=None)
+# The kind of the CallFailure of a call the guard stopped.
+STOPPED = "job_stopped"
+
 
 @dataclass(slots=True)
 class RationaleWork:
     """One unit of work. `problem_id` links the call rows to the problem (None: an ad-hoc
-    question, e.g. a probe of text not in the database)."""
+    question, e.g. a probe of text not in the database). `refresh`: bypass the response cache
+    and store the new responses over the cached ones (`cached_call(refresh=True)`)."""
 
     question: str
     mode: Mode
     stage_mode: StageMode = "single"
     sample_index: int = 0
     problem_id: int | None = None
+    refresh: bool = False
 
 
 @dataclass(slots=True)
@@ -183,7 +196,17 @@ def _ask(
         core_question=core_question,
         solving_info=solving_info,
     )
-    call = cached_call(engine, client, TeacherRequest(prompt, work.sample_index), problem_id=work.problem_id)
+    guard = CALL_GUARD.get()
+    stopped = guard() if guard is not None else None
+    if stopped is not None:
+        return CallFailure(stage, STOPPED, stopped, retryable=False)
+    call = cached_call(
+        engine,
+        client,
+        TeacherRequest(prompt, work.sample_index),
+        problem_id=work.problem_id,
+        refresh=work.refresh,
+    )
     outcome.calls.append(call)
     if call.status == "failed":
         return CallFailure(stage, call.error_kind or "unknown", call.error_message or "", call.retryable)
@@ -212,4 +235,4 @@ def _failed(outcome: RationaleOutcome, got: Any, stage: Stage, wanted: str) -> R
     return outcome
 
 
-__all__ = ["CallFailure", "RationaleOutcome", "RationaleWork", "produce_rationale"]
+__all__ = ["CALL_GUARD", "STOPPED", "CallFailure", "RationaleOutcome", "RationaleWork", "produce_rationale"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from services.config import Settings, get_settings
 from services.teachers.anthropic_client import AnthropicMessagesClient
-from services.teachers.base import RetryPolicy, TeacherClient, TeacherRequest
+from services.teachers.base import RetryPolicy, TeacherClient, TeacherRequest, TeacherResponse
 from services.teachers.errors import TeacherCallError
 from services.teachers.openai_client import OpenAIChatClient, OpenAICompatibleClient
 from services.teachers.pricing import PriceTable, load_prices
@@ -50,13 +50,15 @@ def build_client(
     rng: random.Random | None = None,
     before_attempt: Callable[[TeacherRequest], None] | None = None,
     on_failure: Callable[[TeacherCallError], None] | None = None,
+    after_response: Callable[[TeacherRequest, TeacherResponse], None] | None = None,
 ) -> TeacherClient:
     """A client for `spec` (a parsed spec, or its text plus `options` given separately).
 
     `database_url` is where an embedded simulator (`sim:` without a URL) reads its problems;
     `sleep` and `rng` are the backoff's clock and dice (tests pass recorders); `before_attempt`
-    runs before every HTTP attempt (a rate limiter's take, a budget check) and `on_failure`
-    after every failed one (a shared back-off on 429). Raises
+    runs before every HTTP attempt (a rate limiter's take, a budget check), `on_failure`
+    after every failed one (a shared back-off on 429) and `after_response` after every answered
+    one (the limiter settles its estimate with the usage). Raises
     BadInputError for a bad spec or option and ConfigError for a missing key or bad setting,
     before any request is sent. The caller closes the client (`with build_client(...) as c:`).
     """
@@ -74,6 +76,7 @@ def build_client(
         "rng": rng,
         "before_attempt": before_attempt,
         "on_failure": on_failure,
+        "after_response": after_response,
     }
     if spec.provider == "sim":
         kwargs["sim_url"] = settings.sim_url

@@ -33,6 +33,10 @@ may name only a key variable (`keys.key_variable_problem`: upper-case, ending in
 `_KEY` or `_TOKEN`, never `KPDD_*`). A base URL may not carry a credential either: no user info
 (`http://user:pass@host`) and no query parameter named like one (`CREDENTIAL_QUERY_WORDS`).
 
+A spec may not hold a control character (NUL, a newline, a tab...: `CONTROL_CHARS_RE`) and a
+model name may not be longer than `MAX_MODEL_CHARS` (the database column): both are refused here,
+in one line, before anything is stored or sent, rather than failing a worker later.
+
 Error messages echo the spec with secrets masked (`redact_spec`): the user info of a URL,
 everything between its first and last `@`, and every query string become `[redacted]`.
 """
@@ -58,6 +62,10 @@ TPM_RANGE = (100.0, 10_000_000_000.0)
 # A base-URL query parameter whose lower-cased name contains one of these carries a credential.
 CREDENTIAL_QUERY_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "credential", "signature", "sig")
 
+# The length of the `model` columns of teacher_calls and rationales.
+MAX_MODEL_CHARS = 256
+# C0 and C1 control characters and DEL: never part of a model, URL or option value.
+CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=*-]*$")
 # Only a value shaped like an environment variable name is echoed for api_key_env: anything else
 # may be the key itself, pasted in the wrong place.
@@ -168,6 +176,7 @@ def parse_option_pairs(
     (it may be a piece of a URL's password, cut at a comma)."""
     out: dict[str, str] = {}
     for number, pair in enumerate(pairs, start=1):
+        _refuse_control_chars(pair.strip(), f"{where} #{number}")
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -185,6 +194,7 @@ def parse_spec(text: str, extra_options: Mapping[str, str] | None = None) -> Tea
     Raises BadInputError naming the part that is wrong (provider, model, URL or option). Its
     message shows the spec through `redact_spec`, never a credential of its URL."""
     raw = text.strip()
+    _refuse_control_chars(raw, "teacher spec")
     shown = redact_spec(raw)
     head, *option_parts = raw.split(",")
     provider, sep, rest = head.partition(":")
@@ -212,6 +222,11 @@ def parse_spec(text: str, extra_options: Mapping[str, str] | None = None) -> Tea
             f"teacher spec {shown!r}: the part between PROVIDER: and @ is not a model name "
             "(letters, digits and ._:/+=*- only)"
         )
+    if len(model) > MAX_MODEL_CHARS:
+        raise BadInputError(
+            f"teacher spec {shown[:80]!r}...: the model name is {len(model)} characters long; "
+            f"at most {MAX_MODEL_CHARS} are allowed"
+        )
     url = _check_base_url(shown, provider, base_url.strip()) if at else None
     if provider == "openai-compatible" and url is None:
         raise BadInputError(
@@ -226,6 +241,17 @@ def parse_spec(text: str, extra_options: Mapping[str, str] | None = None) -> Tea
             )
         options[key] = value
     return TeacherSpec(provider, model, url, build_options(provider, options))
+
+
+def _refuse_control_chars(text: str, where: str) -> None:
+    """BadInputError (one line, naming the character by code point and position, never echoing
+    the text: it may hold a secret) when `text` holds a control character."""
+    found = CONTROL_CHARS_RE.search(text)
+    if found is not None:
+        raise BadInputError(
+            f"{where}: holds the control character U+{ord(found.group()):04X} at position "
+            f"{found.start() + 1}; remove it (specs and options are plain printable text)"
+        )
 
 
 def build_options(provider: str, values: Mapping[str, Any]) -> TeacherOptions:
@@ -296,8 +322,10 @@ def _check_base_url(shown: str, provider: str, url: str) -> str:
 
 
 __all__ = [
+    "CONTROL_CHARS_RE",
     "CREDENTIAL_QUERY_WORDS",
     "DEFAULT_MAX_TOKENS",
+    "MAX_MODEL_CHARS",
     "OPTIONS_MODELS",
     "PROVIDERS",
     "RPM_RANGE",

@@ -120,6 +120,24 @@ def create_run(engine: Engine, request: TrainRequest, *, data_dir: Path, submitt
         return run.id
 
 
+def submit_new_run(engine: Engine, request: TrainRequest, *, data_dir: Path, broker_url: str) -> int:
+    """Record a run and queue it on the training queue (`kpdd train --submit`, `POST /api/runs`).
+    A run that cannot be queued is marked failed with the reason, and RunFailure says so."""
+    from services.training.dispatch import submit_run
+
+    run_id = create_run(engine, request, data_dir=data_dir, submitted=True)
+    try:
+        submit_run(broker_url, run_id)
+    except Exception as exc:
+        with session_scope(engine) as session:
+            q.set_run_state(session, run_id, "failed", reason=f"could not queue the run: {exc}")
+        raise RunFailure(
+            f"run {run_id} could not be queued ({type(exc).__name__}: {exc}); check KPDD_BROKER_URL "
+            "and that Redis is running; the run is marked failed"
+        ) from None
+    return run_id
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

@@ -27,8 +27,9 @@ with, a `reason` for every non-match kind, and what else the judge noted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 MATCH = "match"
 MISMATCH = "mismatch"
@@ -93,6 +94,22 @@ class Verdict:
             "confidence": self.confidence,
             "details": dict(self.details),
         }
+
+
+class _Judged(Protocol):
+    @property
+    def confidence(self) -> str: ...
+
+
+def read_by_fallback(verdict: _Judged) -> bool:
+    """Whether the verdict's answer was read through the low-confidence fallback (`last_number`,
+    `last_line`): what run summaries count (`kpdd validate`, `kpdd probe`)."""
+    return verdict.confidence == LOW
+
+
+def count_read_by_fallback(verdicts: Iterable[_Judged]) -> int:
+    """How many of `verdicts` were read through the low-confidence fallback."""
+    return sum(1 for verdict in verdicts if read_by_fallback(verdict))
 
 
 def failed(kind: str, reason: str, **details: Any) -> Verdict:

@@ -224,11 +224,14 @@ def test_one_process_with_more_accumulation_takes_the_same_steps(t5_zero2, t5_on
     losses agree at every step only if the gradient average over ranks is compensated."""
     two, one = _metrics(t5_zero2), _metrics(t5_one_process)
     assert [m["step"] for m in one] == [m["step"] for m in two]
-    # Gloo's all-reduce sums in another order than one process does: float32 drift of about
-    # 1e-5 after several Adam steps was seen on a loaded machine (5.160377 vs 5.160390 at step 9).
-    # The tolerance stays far below the loss's change from one step to the next (about 0.1 here).
+    # Gloo's all-reduce sums in another order than one process does, and Adam amplifies the
+    # float32 difference step after step: seen on a loaded machine, 1.4e-5 at step 9 and 2.0e-4
+    # at step 15 (4.09183 vs 4.09202). The first steps, before amplification, agree tightly; the
+    # later ones within 0.1 % of the loss, far below its change from one step to the next (about
+    # 0.1 here).
     for a, b in zip(one, two, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), a["step"]
+        tolerance = 1e-5 if a["step"] <= 3 else 1e-3 * abs(b["loss"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=tolerance), a["step"]
 
 
 def test_resumed_run_continues_exactly(llama_zero3, llama_zero3_resumed):

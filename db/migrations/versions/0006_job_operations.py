@@ -138,6 +138,9 @@ def upgrade() -> None:
         batch.drop_constraint(op.f("ck_teacher_calls_status"), type_="check")
         batch.create_check_constraint("status", "status IN ('ok', 'refused', 'failed', 'in_flight')")
 
+    op.create_index(op.f("ix_rationales_created_at"), "rationales", ["created_at"], unique=False)
+    op.create_index(op.f("ix_teacher_calls_created_at"), "teacher_calls", ["created_at"], unique=False)
+
     with op.batch_alter_table("rationales") as batch:
         batch.add_column(sa.Column("options_key", sa.String(length=16), server_default="", nullable=False))
         batch.drop_constraint("uq_rationales_identity", type_="unique")
@@ -148,6 +151,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_teacher_calls_created_at"), table_name="teacher_calls")
+    op.drop_index(op.f("ix_rationales_created_at"), table_name="rationales")
     with op.batch_alter_table("rationales") as batch:
         batch.drop_constraint("uq_rationales_identity", type_="unique")
         batch.create_unique_constraint(

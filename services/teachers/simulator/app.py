@@ -13,7 +13,9 @@ running in one event loop. Endpoints:
 
 Per model request, in order: 401 without a key (the key is never logged or echoed); 400 for a
 body the provider would reject; the problem is read from the prompt and its rationale looked
-up; the rate limits (429 + `Retry-After`/`retry-after-ms`); the fault (forced or drawn, see
+up, and a problem the simulator does not know (or knows without a gold answer) is refused with
+422 (`unknown_problem`: a permanent error for the clients; the simulator never invents an
+answer); the rate limits (429 + `Retry-After`/`retry-after-ms`); the fault (forced or drawn, see
 `faults`); the latency; the answer, cut at the request's `max_tokens` if longer (finish
 `length`).
 """
@@ -35,7 +37,7 @@ from aiohttp.web_request import BaseRequest
 from services.kpdd.prompts import read_prompt
 from services.kpdd.records import Mode, Stage
 from services.teachers.simulator.answers import SimText, answer_text
-from services.teachers.simulator.bank import ProblemBank
+from services.teachers.simulator.bank import ProblemBank, question_key
 from services.teachers.simulator.config import SimulatorConfig
 from services.teachers.simulator.faults import (
     CONTENT_FAULTS,
@@ -48,6 +50,7 @@ from services.teachers.simulator.faults import (
     split_model,
 )
 from services.teachers.simulator.ratelimit import LimitResult, RateLimiter
+from services.teachers.simulator.rationale import SimRationale
 from services.teachers.simulator.stats import Stats
 from services.teachers.simulator.wire import (
     ChatRequest,
@@ -64,15 +67,44 @@ from services.teachers.simulator.wire import (
 
 MAX_TRACKED_FINGERPRINTS = 1_000_000  # attempt numbers are forgotten (all at once) past this
 MAX_CACHED_ANSWERS = 100_000
+UNKNOWN_PROBLEM_STATUS = 422
 HANG_POLL_S = 0.1
 _JSON = "application/json"
 
 
 @dataclass(slots=True, frozen=True)
-class _Answer:
-    sim: SimText
-    known: bool  # the problem is in the bank
-    kpdd: bool  # the prompt is a KPDD prompt
+class _Reading:
+    """What a prompt asks: the problem's rationale (None: the simulator cannot answer it), the
+    mode and stage, and whether the prompt is a KPDD prompt."""
+
+    question: str
+    rationale: SimRationale | None
+    mode: Mode
+    stage: Stage
+    kpdd: bool
+    known: bool  # the question is in the bank (perhaps without a gold answer)
+
+
+def refusal_message(reading: _Reading) -> str:
+    """Why the simulator will not answer, and how to start one that does."""
+    fix = (
+        "start the simulator with --corpus FORMAT:PATH (or --from-db) holding the problem; the "
+        "embedded simulator of `sim:` teachers knows the problems of the kpdd database"
+    )
+    if reading.known:
+        return (
+            "the teacher simulator knows this problem but not its answer (no gold answer), and it "
+            f"never invents one; {fix} with its gold"
+        )
+    if not reading.kpdd:
+        return (
+            "the teacher simulator answers KPDD prompts (a user message starting with 'Problem:') "
+            f"about problems it knows, and this request is neither; {fix}"
+        )
+    return (
+        f"the teacher simulator does not know this problem (question sha256 "
+        f"{question_key(reading.question)[:12]}), and it never invents an answer; {fix}"
+    )
 
 
 class SimulatorApp:
@@ -85,7 +117,8 @@ class SimulatorApp:
         self.limiter = RateLimiter(config.rpm * share, config.tpm * share)
         self.rng = random.Random(config.seed * 1_000_003 + worker)
         self.attempts: dict[bytes, int] = {}
-        self._answers: dict[tuple[str, str, FaultKind | None], _Answer] = {}
+        self._readings: dict[tuple[str, str], _Reading] = {}
+        self._answers: dict[tuple[str, str, FaultKind | None], SimText] = {}
         self._random_faults = config.faults.any
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid() & 0xFFFFFF:06x}{random.getrandbits(24):06x}"
@@ -202,29 +235,54 @@ class SimulatorApp:
                 headers["anthropic-ratelimit-tokens-remaining"] = str(result.remaining_tokens)
         return headers
 
-    def _answer(self, chat: ChatRequest, kind: FaultKind | None) -> _Answer:
-        """The answer text for this prompt under a content fault, cached by (prompt, fault): a
-        benchmark or a retry asks the same prompts again and again."""
-        key = (chat.system, chat.last_user, kind)
-        cached = self._answers.get(key)
+    def _read(self, chat: ChatRequest) -> _Reading:
+        """The problem, mode and stage this prompt asks about, cached by prompt (a benchmark or a
+        retry asks the same prompts again and again)."""
+        key = (chat.system, chat.last_user)
+        cached = self._readings.get(key)
         if cached is not None:
             return cached
         reading = read_prompt(chat.system, chat.last_user)
         mode: Mode
         stage: Stage
-        if reading is None:
-            question, mode, stage = chat.last_user or "What is the answer?", "cot", "all"
+        if reading is None:  # not a KPDD prompt: answered only if the whole text is a known question
+            question, mode, stage = chat.last_user, "cot", "all"
         else:
             question, mode, stage = reading.question, reading.mode, reading.stage
-        rationale = self.bank.rationale_for(question)
-        answer = _Answer(answer_text(rationale, mode, stage, kind), rationale.known, reading is not None)
+        out = _Reading(
+            question,
+            self.bank.rationale_for(question),
+            mode,
+            stage,
+            reading is not None,
+            self.bank.knows(question),
+        )
+        if len(self._readings) >= MAX_CACHED_ANSWERS:
+            self._readings.clear()
+        self._readings[key] = out
+        return out
+
+    def _answer(self, chat: ChatRequest, reading: _Reading, kind: FaultKind | None) -> SimText:
+        """The answer text for this prompt under a content fault, cached by (prompt, fault)."""
+        key = (chat.system, chat.last_user, kind)
+        cached = self._answers.get(key)
+        if cached is not None:
+            return cached
+        assert reading.rationale is not None, "unknown problems are refused before answering"
+        answer = answer_text(reading.rationale, reading.mode, reading.stage, kind)
         if len(self._answers) >= MAX_CACHED_ANSWERS:
             self._answers.clear()
         self._answers[key] = answer
         return answer
 
     def _choices(
-        self, chat: ChatRequest, fault: FaultKind | None, forced: bool, fp: bytes, attempt: int
+        self,
+        chat: ChatRequest,
+        reading: _Reading,
+        fault: FaultKind | None,
+        forced: bool,
+        fp: bytes,
+        attempt: int,
     ) -> tuple[list[Choice], list[str]]:
         """The choices to send, and the counters to add once they are sent."""
         rates = self.config.faults
@@ -242,13 +300,10 @@ class SimulatorApp:
                 kind = None
             elif kind is not None:
                 counters.append(f"fault_{kind}")
-            answer = self._answer(chat, kind)
-            if index == 0:
-                if not answer.kpdd:
-                    counters.append("not_kpdd_prompt")
-                if not answer.known:
-                    counters.append("unknown_question")
-            text, finish = answer.sim.text, answer.sim.finish
+            answer = self._answer(chat, reading, kind)
+            if index == 0 and not reading.kpdd:
+                counters.append("not_kpdd_prompt")
+            text, finish = answer.text, answer.finish
             if chat.max_tokens is not None and estimate_tokens(len(text)) > chat.max_tokens:
                 text, finish = text[: chat.max_tokens * 4], "length"
                 counters.append("length_limited")
@@ -272,6 +327,12 @@ class SimulatorApp:
         except (WireError, ValueError) as exc:
             stats.add("bad_request")
             return self._error(provider, 400, str(exc))
+        reading = self._read(chat)
+        if reading.rationale is None:
+            stats.add("unknown_question")
+            if not reading.kpdd:
+                stats.add("not_kpdd_prompt")
+            return self._error(provider, UNKNOWN_PROBLEM_STATUS, refusal_message(reading))
 
         fault: FaultKind | None = None
         fp, attempt = b"", 0
@@ -283,7 +344,7 @@ class SimulatorApp:
             else:
                 fault = decide_fault(self.config.seed, fp, attempt, self.config.faults)
 
-        choices, counters = self._choices(chat, fault, forced is not None, fp, attempt)
+        choices, counters = self._choices(chat, reading, fault, forced is not None, fp, attempt)
         prompt_tokens = estimate_tokens(chat.prompt_chars) + 4 * chat.message_count
         completion_tokens = sum(c.completion_tokens for c in choices)
 

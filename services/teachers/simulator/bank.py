@@ -4,6 +4,9 @@ Problems come from corpus files (`--corpus FORMAT:PATH`, read with the loaders o
 `services.corpora.registry`) and/or from the kpdd database (`--from-db`, the `problems` table).
 When two sources hold the same question with different golds, the first one loaded wins and the
 conflict is counted. Rationales are derived on first use and cached.
+
+The bank never invents an answer: `rationale_for` returns None for a question it does not hold,
+or holds without a gold answer, and the server refuses such a request (422, see `app`).
 """
 
 from __future__ import annotations
@@ -16,16 +19,9 @@ from pathlib import Path
 
 from services.corpora.base import BadRecord
 from services.errors import BadInputError, ConfigError
-from services.teachers.simulator.rationale import (
-    GoldProblem,
-    SimRationale,
-    derive_rationale,
-    generic_rationale,
-)
+from services.teachers.simulator.rationale import GoldProblem, SimRationale, derive_rationale
 
 log = logging.getLogger(__name__)
-
-MAX_UNKNOWN_CACHED = 100_000
 
 
 def question_key(question: str) -> str:
@@ -52,8 +48,7 @@ class CorpusSource:
 class ProblemBank:
     def __init__(self) -> None:
         self._problems: dict[str, GoldProblem] = {}
-        self._rationales: dict[str, SimRationale] = {}
-        self._unknown: dict[str, SimRationale] = {}
+        self._rationales: dict[str, SimRationale | None] = {}
         self.conflicts = 0
 
     def __len__(self) -> int:
@@ -112,19 +107,18 @@ class ProblemBank:
             ) from None
         return added
 
-    def rationale_for(self, question: str) -> SimRationale:
-        """The rationale for `question`: derived from its gold, or generic (answer 0) if unknown."""
+    def knows(self, question: str) -> bool:
+        """Whether `question` is among the loaded problems (with or without a gold answer)."""
+        return question_key(question) in self._problems
+
+    def rationale_for(self, question: str) -> SimRationale | None:
+        """The rationale for `question`, derived from its gold; None when the bank does not hold
+        the question, or holds it without a gold answer (nothing to answer from)."""
         key = question_key(question)
-        rationale = self._rationales.get(key)
-        if rationale is not None:
-            return rationale
+        if key in self._rationales:
+            return self._rationales[key]
         problem = self._problems.get(key)
-        if problem is not None:
-            rationale = self._rationales[key] = derive_rationale(problem)
-            return rationale
-        rationale = self._unknown.get(key)
-        if rationale is None:
-            if len(self._unknown) >= MAX_UNKNOWN_CACHED:
-                self._unknown.clear()
-            rationale = self._unknown[key] = generic_rationale(question)
+        if problem is None:
+            return None
+        rationale = self._rationales[key] = derive_rationale(problem)
         return rationale

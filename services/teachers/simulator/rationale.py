@@ -12,7 +12,8 @@
   the program. For the other corpora `ans = <equation>` when it evaluates to the gold, else
   `ans = <gold>`.
 
-A problem the simulator does not know gets a generic rationale whose answer is 0.
+A problem without a usable gold answer has no rationale (`derive_rationale` returns None): the
+simulator refuses it rather than invent an answer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from services.corpora.gsm8k import calculator_notes, program_from_solution, solu
 from services.kpdd.arithmetic import evaluate_expression, evaluate_program
 from services.validation.numbers import normalise_gold, parse_number
 
-UNKNOWN_ANSWER = "0"
+# The "wrong" answer of a text gold (a number gold's is gold + 1).
+WRONG_TEXT_ANSWER = "0"
 
 _SENTENCE_RE = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"'$(\d])")
 _UNITS_RE = re.compile(r"\s*\([^()]*\)")
@@ -46,7 +48,6 @@ class GoldProblem:
 class SimRationale:
     """Everything the simulator needs to answer any KPDD prompt about one problem."""
 
-    known: bool
     core_question: str
     solving_info: list[str]
     cot_steps: str
@@ -99,7 +100,7 @@ def _literal(value: Fraction | str) -> str:
 
 
 def _wrong(value: Fraction | str) -> Fraction | str:
-    return value + 1 if isinstance(value, Fraction) else UNKNOWN_ANSWER
+    return value + 1 if isinstance(value, Fraction) else WRONG_TEXT_ANSWER
 
 
 def _wrong_program(program: str, value: Fraction | str) -> str:
@@ -110,7 +111,7 @@ def _wrong_program(program: str, value: Fraction | str) -> str:
         literal = parse_number(expr)
         new = _number_text(literal + 1) if literal is not None else f"{expr} + 1"
     else:
-        new = repr(UNKNOWN_ANSWER)
+        new = repr(WRONG_TEXT_ANSWER)
     return "\n".join([*lines[:-1], f"ans = {new}"]) + "\n"
 
 
@@ -155,11 +156,11 @@ def _tidy(expression: str) -> str:
     return " ".join(text.split())
 
 
-def derive_rationale(problem: GoldProblem) -> SimRationale:
-    """The simulator's rationale for a problem with a gold answer (generic if it has none)."""
+def derive_rationale(problem: GoldProblem) -> SimRationale | None:
+    """The simulator's rationale for a problem with a gold answer; None without a usable one."""
     value = answer_value(problem.gold_answer)
     if value is None:
-        return generic_rationale(problem.question)
+        return None
     core, info = core_and_info(problem.question)
     answer = _number_text(value) if isinstance(value, Fraction) else value
     worked = problem.worked_solution
@@ -181,7 +182,6 @@ def derive_rationale(problem: GoldProblem) -> SimRationale:
         steps = [f"Using the information above, the result is {answer}{stop}"]
     wrong = _wrong(value)
     return SimRationale(
-        known=True,
         core_question=core,
         solving_info=info,
         cot_steps="\n".join(steps),
@@ -189,19 +189,4 @@ def derive_rationale(problem: GoldProblem) -> SimRationale:
         program=program,
         wrong_answer=_number_text(wrong) if isinstance(wrong, Fraction) else wrong,
         wrong_program=_wrong_program(program, value),
-    )
-
-
-def generic_rationale(question: str) -> SimRationale:
-    """A plausible-looking rationale for a problem the simulator does not know: its answer is 0."""
-    core, info = core_and_info(question)
-    return SimRationale(
-        known=False,
-        core_question=core,
-        solving_info=info,
-        cot_steps="We combine the quantities given in the problem step by step.",
-        answer=UNKNOWN_ANSWER,
-        program="result = 0\nans = result\n",
-        wrong_answer="1",
-        wrong_program="result = 0\nans = result + 1\n",
     )

@@ -28,8 +28,8 @@ COUNTERS: tuple[str, ...] = (
     "fault_truncate",
     "fault_refusal",
     "length_limited",  # answers cut by the request's own max_tokens
-    "unknown_question",  # KPDD prompts whose problem the simulator does not know (answer 0)
-    "not_kpdd_prompt",  # requests without a `Problem:` marker
+    "unknown_question",  # 422: requests refused, their problem unknown (or known without a gold)
+    "not_kpdd_prompt",  # requests without a `Problem:` marker (answered or refused)
     "prompt_tokens",
     "completion_tokens",
     "hanging",  # gauge: hung requests not yet given up

@@ -12,13 +12,17 @@ single-threaded, and sympy; a program naming numpy or sympy goes to the second) 
 child per program. The child (`child.py`) locks itself down before the program's first byte
 runs: own session, fresh fds, rlimits (address space, CPU, file size, open files, processes, no
 core), an empty temporary working directory, its own unprivileged uid, no new privileges, the
-seccomp filter; it runs in the server's empty network namespace and read-only mount namespace
-(`isolation.py`). The server enforces the wall clock from outside, kills the program's whole
-process group, sweeps any strays, removes the working directory and replies; the host turns the
-reply into a verdict (`results.py`). Answers cross the process boundary only as JSON text made in
-the child.
+seccomp filter; it runs in the server's empty network namespace and read-only mount namespace,
+whose root is a minimal tree (system dirs, the interpreter and its packages, this project's
+`services`; not the worker's files, home, checkout or `.env`) (`isolation.py`). The server
+enforces the wall clock from outside, kills the program's whole process group, sweeps any strays,
+removes the working directory and replies; the host turns the reply into a verdict
+(`results.py`). Answers cross the process boundary only as JSON text made in the child.
 
 What holds where is in `docs/sandbox.md`; `Sandbox.isolation` says what holds in this process.
+Sandbox modes (`modes.py`, `KPDD_SANDBOX_MODE`): a broker worker refuses to start without every
+layer (`IsolationUnavailable`, exit code 2), other commands use the best available unless
+`strict` is set, and `permissive` never refuses (development only, a warning at every start).
 
 What the sandbox does NOT protect against:
 - Kernel bugs. Every layer is a kernel mechanism; a kernel exploit reachable through the allowed
@@ -31,15 +35,17 @@ What the sandbox does NOT protect against:
   modules; the text of programs running at the same time and freed remnants of earlier ones,
   which are not secrets). The server is exec'd fresh and never receives gold answers or keys.
 - Cooperation between programs running at the same time (abstract unix sockets are blocked with
-  all sockets, but e.g. timing is not), and files readable by any user (`/etc/passwd`, the
-  source tree): the filesystem is read-only to programs, not hidden.
+  all sockets, but e.g. timing is not), and what the minimal root shows: world-readable files
+  under `/usr`, the interpreter's prefixes and import paths (a virtualenv inside a checkout is
+  shown whole), this project's `services` package, and a few `/etc` files (`passwd`, `group`,
+  `ld.so.cache`, `localtime`, ...). Keep secrets out of those trees.
 - Lying about its own answer: a program can write anything as its answer (that is what it is
   for); it cannot change another program's result or the host's state.
 - Without root: no per-program uid, so the process limit is approximate and concurrent programs
   share a uid (each can write into the other's working directory). Without root AND without
   unprivileged user namespaces there is no filesystem isolation at all and a program can read
   the worker's `/proc/<pid>/environ` (API keys): never run untrusted programs that way
-  (`strict=True` refuses). See docs/sandbox.md.
+  (strict mode, the default for workers, refuses). See docs/sandbox.md.
 - A fork-server killed with SIGKILL while the worker dies too: its children die with it
   (parent-death signal), but with `max_processes > 1` their own children may live on (when only
   the server dies, the host kills them by uid).
@@ -51,7 +57,7 @@ What the sandbox does NOT protect against:
 
 from __future__ import annotations
 
-from services.validation.sandbox.connection import SandboxError
+from services.validation.sandbox.connection import IsolationUnavailable, SandboxError
 from services.validation.sandbox.isolation import IsolationReport
 from services.validation.sandbox.limits import SandboxLimits
 from services.validation.sandbox.results import Answer, ExecutionKind, ExecutionResult
@@ -62,6 +68,7 @@ __all__ = [
     "ExecutionKind",
     "ExecutionResult",
     "IsolationReport",
+    "IsolationUnavailable",
     "Sandbox",
     "SandboxError",
     "SandboxLimits",

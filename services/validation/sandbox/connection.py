@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.errors import RunFailure
+from services.errors import ConfigError, RunFailure
 from services.validation.sandbox import procfs
 from services.validation.sandbox.isolation import UID_BLOCK, IsolationReport
 from services.validation.sandbox.preload import THREAD_ENV
@@ -26,6 +26,11 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding `servi
 class SandboxError(RunFailure):
     """The sandbox itself failed (a fork-server would not start, died or stopped answering); the
     programs were not judged and the call may be retried."""
+
+
+class IsolationUnavailable(ConfigError, SandboxError):
+    """A strict sandbox would not start: an isolation layer does not hold on this machine. A
+    configuration problem (exit code 2), not a failure of a program; retrying does not help."""
 
 
 class ServerConnection:

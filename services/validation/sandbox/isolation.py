@@ -1,29 +1,43 @@
 """What the fork-server sets up once, before any program runs, and what it managed to get.
 
 As root (the normal case in a worker container) the server moves itself into a new network
-namespace (no interface is up: not even loopback is reachable) and a new private mount namespace
-in which every mount is remounted read-only and nosuid, `/tmp` is a fresh size-capped tmpfs
-holding the programs' working directories (when the interpreter, its packages or this project
-live under /tmp, the tmpfs goes on a fresh empty directory there instead, so they stay visible
-and /tmp stays read-only), `/run` is an empty read-only tmpfs (no host unix
-sockets), and `/proc` is a new instance with `hidepid=2` (a program sees only its own process).
-Each concurrent program then runs under its own unused uid (`UID_BASE + 64 * server pid + slot`;
-a container whose uid map is not the identity falls back to one shared uid, 65534), so the
-kernel's per-uid process limit is exact and the server can kill every process of a program by uid.
+namespace (no interface is up: not even loopback is reachable) and a new private mount namespace,
+and there switches to a **minimal root**: a small tmpfs holding only what programs need, bound
+read-only from the host: `/usr` and the `/bin`, `/lib*` links or dirs, a few files of `/etc`
+(passwd, group, ld.so.cache, localtime, ...), `/dev/null`, `zero`, `full`, `random`, `urandom`,
+the interpreter's prefixes and import paths, and this project's `services` package; nothing else
+of the host exists there: not the worker's working directory or checkout (a `.env` file), not
+home directories, `/var`, `/srv`, `/opt`, `/run` (host sockets, Docker secrets) or `/tmp`. The
+switch is `pivot_root` (the old root is then unmounted: unreachable), or `chroot` where a
+container's seccomp profile denies `pivot_root` (Docker's default does): programs have no
+capability and their seccomp filter denies `chroot`, so neither way can be escaped by them.
+Everything is read-only and nosuid; `/tmp` is a fresh size-capped tmpfs holding the programs'
+working directories; `/proc` is a new instance with `hidepid=2` (a program sees only its own
+process; the server's group, root, sees all of them). Each concurrent program then runs under its
+own unused uid (`UID_BASE + 64 * server pid + slot`; a container whose uid map is not the
+identity falls back to one shared uid, 65534), so the kernel's per-uid process limit is exact and
+the server can kill every process of a program by uid.
+
+Where the minimal root cannot be built, the server keeps the host's tree, read-only, with `/tmp`
+and `/run` covered (files readable by any user stay readable: `IsolationReport.host_files_hidden`
+is False and strict mode refuses).
 
 Not root: the server tries an unprivileged user namespace to get the same network and mount
-namespaces; `/proc` cannot be remounted there, so it is covered by an empty tmpfs (the server
-keeps a descriptor of the real one). Programs run under the server's own uid with every
-capability dropped; the server makes itself non-dumpable so they cannot read its memory.
+namespaces and the same minimal root; a new `/proc` cannot be mounted there, so programs get an
+empty one (the server keeps a descriptor of the real one). Programs run under the server's own
+uid with every capability dropped; the server makes itself non-dumpable so they cannot read its
+memory.
 
 Last, the server installs the seccomp filter on itself (every child inherits it). The report
-records each layer that did not hold, and why; `Sandbox(strict=True)` refuses to start unless
-every layer held.
+records each layer that did not hold, and why (`missing()`), and what would make it hold
+(`remedy()`); `Sandbox(strict=True)` refuses to start unless every layer held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +48,37 @@ UID_BASE = 1 << 30  # far above any uid a distribution allocates
 UID_BLOCK = 64  # uids per fork-server: one per concurrent program slot
 _WORLD_WRITABLE = ("/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 
+# The minimal root: where its tmpfs is mounted before the switch (in the server's own mount
+# namespace only; any directory that never holds code will do, and /sys exists everywhere), and
+# what of the host it shows.
+_NEW_ROOT_AT = "/sys"
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = (
+    "passwd", "group", "nsswitch.conf", "host.conf", "hosts", "localtime", "timezone", "ld.so.cache",
+    "ld.so.conf", "ld.so.conf.d", "mime.types", "os-release", "protocols", "services",
+)  # fmt: skip
+_DEV_NODES = ("null", "zero", "full", "random", "urandom")
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+_EMPTY_DIRS = ("/tmp", "/proc", "/dev/shm", "/var/tmp", "/run")
+_WORK_SUBDIR = "kpdd-sandbox-work"  # the working dirs' tmpfs, under /tmp when code lives in /tmp
+
+# The layers, in the order `missing()` lists them, with what each means when it does not hold.
+_LAYERS = {
+    "root": "not root: programs cannot get a uid of their own",
+    "network": "no network namespace",
+    "filesystem": "the filesystem is not read-only",
+    "host_files": "the worker's files are not hidden from programs",
+    "proc": "programs can see other processes in /proc",
+    "private_tmp": "no private /tmp",
+    "per_program_uid": "programs share one uid",
+    "seccomp": "no seccomp filter",
+}
+
 
 @dataclass(slots=True)
 class IsolationReport:
@@ -42,13 +87,17 @@ class IsolationReport:
     root: bool = False
     network: str = "none"  # "netns" | "userns+netns" | "none"
     filesystem: str = "none"  # "read-only" | "tmpfs-overlays" | "none"
+    host_files_hidden: bool = False  # programs see the minimal root, not the host's files
+    root_switch: str = ""  # how the minimal root was entered: "pivot_root" | "chroot" | ""
     proc_hidepid: bool = False  # programs cannot see other processes in /proc
     per_program_uid: bool = False
     seccomp: bool = False
     workdir_root: str = "/tmp"
     private_tmp: bool = False  # workdir_root is a tmpfs of the server's own mount namespace
+    host_dir: str | None = None  # a directory the server made in the host's /tmp: the host removes it
     uid_base: int | None = None
     notes: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # layer -> why it does not hold
 
     @property
     def full(self) -> bool:
@@ -56,11 +105,68 @@ class IsolationReport:
             self.root
             and self.network != "none"
             and self.filesystem == "read-only"
+            and self.host_files_hidden
             and self.proc_hidepid
             and self.private_tmp
             and self.per_program_uid
             and self.seccomp
         )
+
+    def holds(self) -> dict[str, bool]:
+        """Each layer of `full`, by name: whether it holds."""
+        return {
+            "root": self.root,
+            "network": self.network != "none",
+            "filesystem": self.filesystem == "read-only",
+            "host_files": self.host_files_hidden,
+            "proc": self.proc_hidepid,
+            "private_tmp": self.private_tmp,
+            "per_program_uid": self.per_program_uid,
+            "seccomp": self.seccomp,
+        }
+
+    def fail(self, layer: str, why: str) -> None:
+        """Record why `layer` does not hold (the first reason given for a layer is kept)."""
+        self.failures.setdefault(layer, why)
+        self.notes.append(why)
+
+    def missing(self) -> list[str]:
+        """What is missing and, where known, why: one entry per cause (layers that failed for the
+        same reason are named together)."""
+        by_cause: dict[str | None, list[str]] = {}
+        for layer, ok in self.holds().items():
+            if not ok:
+                by_cause.setdefault(self.failures.get(layer), []).append(_LAYERS[layer])
+        return [", ".join(names) + (f" ({why})" if why else "") for why, names in by_cause.items()]
+
+    def remedy(self) -> str:
+        """What would make every layer hold, for the layers that do not."""
+        held = self.holds()
+        hints = []
+        if not held["root"]:
+            hints.append(
+                "run the worker as root inside its container (docker-compose.yml's worker service: "
+                "`user: root` with the capabilities listed there)"
+            )
+        mount_layers = ("network", "filesystem", "host_files", "proc", "private_tmp")
+        if held["root"] and not all(held[layer] for layer in mount_layers):
+            reasons = " ".join(self.failures.get(layer, "") for layer in mount_layers)
+            if "ENOSYS" in reasons or "Function not implemented" in reasons:
+                hints.append("use Linux 5.12 or later (mount_setattr)")
+            hints.append(
+                "let the worker create namespaces and mounts: in a container, `cap_add: [SYS_ADMIN, "
+                "SYS_CHROOT]` and `security_opt: [apparmor:unconfined]` (see docker-compose.yml)"
+            )
+        if held["root"] and not held["per_program_uid"]:
+            hints.append(
+                "run the worker in the host's user namespace (Docker with userns-remap: `userns_mode: host`)"
+            )
+        if not held["seccomp"]:
+            hints.append(
+                "run on x86_64 Linux with seccomp enabled, and a container seccomp profile that "
+                "allows seccomp() (Docker's default does)"
+            )
+        return "; ".join(hints)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +196,9 @@ def _enter_user_namespace(report: IsolationReport) -> bool:
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"{gid} {gid} 1")
     except OSError as exc:
-        report.notes.append(f"no user namespace ({exc.strerror}): no network or mount isolation")
+        why = f"user namespaces unavailable: {exc.strerror}"
+        for layer in ("network", "filesystem", "host_files", "proc", "private_tmp"):
+            report.fail(layer, why)
         return False
     report.network = "userns+netns"
     return True
@@ -100,6 +208,28 @@ def _mount_tmpfs(target: str, options: str, flags: int) -> None:
     kernel.mount("kpdd-sandbox", target, "tmpfs", flags | kernel.MS_NOSUID | kernel.MS_NODEV, options)
 
 
+def _package_dirs() -> tuple[str, str]:
+    """(the folder holding `services/`, the `services` package itself)."""
+    services = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.dirname(services), services
+
+
+def _code_paths() -> list[str]:
+    """Where the interpreter, its packages and this project's code live (absolute, existing)."""
+    package_root, services = _package_dirs()
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, services}
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    found: set[str] = set()
+    for path in paths:
+        for candidate in {os.path.abspath(path), os.path.realpath(path)}:
+            if candidate == "/" or not os.path.exists(candidate):
+                continue
+            # The project's own root (a checkout, with its .env and data) shows only `services`.
+            own_root = candidate in (package_root, os.path.realpath(package_root))
+            found.add(services if own_root else candidate)
+    return sorted(found)
+
+
 def _code_lives_under(root: str) -> bool:
     """Whether the interpreter, its packages, this project or the working directory are under
     `root`: a tmpfs mounted over it would hide them from programs (lazy imports would fail)."""
@@ -107,6 +237,185 @@ def _code_lives_under(root: str) -> bool:
     paths.update(p for p in sys.path if p)
     prefix = os.path.realpath(root).rstrip("/") + "/"
     return any(os.path.realpath(p).startswith(prefix) for p in paths)
+
+
+# --- the minimal root -------------------------------------------------------------------------
+
+
+class _RootBuilder:
+    """Populates the new root's tmpfs: mirrored directories, read-only binds, links."""
+
+    def __init__(self, new_root: str, as_root: bool) -> None:
+        self.new_root = new_root
+        self.as_root = as_root
+        self.made: set[str] = {"/"}  # paths (as programs will see them) that are our own dirs
+        self.bound: list[str] = []  # bind targets, as programs will see them
+
+    def _inside(self, path: str) -> str:
+        return self.new_root + path
+
+    def _covered(self, path: str) -> bool:
+        return any(path == b or path.startswith(b.rstrip("/") + "/") for b in self.bound)
+
+    def mkdirs(self, path: str) -> bool:
+        """Create `path` and its parents as our own directories, each with the host's mode (and
+        owner, as root); False if a parent is a link or a bind (never write through one)."""
+        current = ""
+        for part in path.strip("/").split("/"):
+            current += "/" + part
+            if current in self.made:
+                continue
+            target = self._inside(current)
+            if os.path.lexists(target) or self._covered(current):
+                return False
+            os.mkdir(target, 0o755)
+            with contextlib.suppress(OSError):
+                st = os.stat(current)  # the host's directory of the same name, if any
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(target, stat.S_IMODE(st.st_mode) & 0o1755)  # never writable by others
+                    if self.as_root:
+                        os.chown(target, st.st_uid, st.st_gid)
+            self.made.add(current)
+        return True
+
+    def expose(self, path: str) -> None:
+        """Bind the host's `path` (a directory or file) read-only at the same place; a link is
+        copied as a link. Skipped if already visible through an earlier bind."""
+        if self._covered(path) or not os.path.lexists(path):
+            return
+        parent = os.path.dirname(path)
+        if not self.mkdirs(parent):
+            return
+        target = self._inside(path)
+        if os.path.lexists(target):
+            return
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), target)
+            return
+        if os.path.isdir(path):
+            os.mkdir(target, 0o755)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        kernel.mount(path, target, None, kernel.MS_BIND | kernel.MS_REC)
+        self.bound.append(path)
+
+    def link(self, path: str, points_to: str) -> None:
+        if self.mkdirs(os.path.dirname(path)) and not os.path.lexists(self._inside(path)):
+            os.symlink(points_to, self._inside(path))
+
+
+def _build_root(new_root: str, as_root: bool) -> str:
+    """Fill the new root; returns where the working directories' tmpfs goes."""
+    builder = _RootBuilder(new_root, as_root)
+    for path in _SYSTEM_PATHS:
+        builder.expose(path)
+    for name in _ETC_FILES:
+        builder.expose(f"/etc/{name}")
+    builder.mkdirs("/etc")
+    for name in _DEV_NODES:
+        builder.expose(f"/dev/{name}")
+    for name, points_to in _DEV_LINKS.items():
+        builder.link(f"/dev/{name}", points_to)
+    code = _code_paths()
+    for path in code:
+        builder.expose(path)
+    for path in _EMPTY_DIRS:
+        builder.mkdirs(path)
+    os.chmod(builder._inside("/tmp"), 0o755)  # nobody writes there: the work tmpfs covers it
+    if any(p == "/tmp" or p.startswith("/tmp/") for p in code):
+        # The code is under /tmp, so /tmp shows it (read-only) and the working dirs go below.
+        workdir_root = f"/tmp/{_WORK_SUBDIR}"
+        builder.mkdirs(workdir_root)
+        return workdir_root
+    return "/tmp"
+
+
+def _switch_root(new_root: str) -> str:
+    """Make `new_root` this process's root; returns how ("pivot_root" or "chroot"). Raises
+    `OSError` if neither is allowed (nothing has changed then)."""
+    os.chdir(new_root)
+    try:
+        kernel.pivot_root(".", ".")  # the old root now sits on top of the new one, at "/"
+    except OSError as pivot_error:
+        # Docker's default seccomp profile denies pivot_root (it allows chroot with
+        # CAP_SYS_CHROOT). The host's tree stays mounted underneath, out of reach for processes
+        # without CAP_SYS_CHROOT and without a descriptor into it: programs have neither.
+        try:
+            os.chroot(".")
+        except OSError as chroot_error:
+            os.chdir("/")
+            raise OSError(
+                chroot_error.errno,
+                f"pivot_root: {os.strerror(pivot_error.errno or 0)}; chroot: {chroot_error.strerror}",
+            ) from None
+        os.chdir("/")
+        return "chroot"
+    try:
+        kernel.umount2(".", kernel.MNT_DETACH)  # the old root: gone from this namespace
+    except OSError as exc:
+        # The host's whole tree would stay reachable at "/": never serve programs like that.
+        raise SystemExit(f"kpdd sandbox: could not detach the host's root after pivot_root: {exc}") from None
+    os.chdir("/")
+    return "pivot_root"
+
+
+def _enter_minimal_root(report: IsolationReport) -> str | None:
+    """Build the minimal root and switch to it; returns the working dirs' root, or None (and
+    nothing changed) when it cannot be built."""
+    try:
+        _mount_tmpfs(_NEW_ROOT_AT, "size=1m,nr_inodes=4096,mode=0755", 0)
+    except OSError as exc:
+        report.fail("host_files", f"no minimal root ({exc.strerror})")
+        return None
+    try:
+        workdir_root = _build_root(_NEW_ROOT_AT, report.root)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            kernel.umount2(_NEW_ROOT_AT, kernel.MNT_DETACH)
+        report.fail("host_files", f"no minimal root ({exc})")
+        return None
+    try:
+        report.root_switch = _switch_root(_NEW_ROOT_AT)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            kernel.umount2(_NEW_ROOT_AT, kernel.MNT_DETACH)
+        report.fail("host_files", f"no minimal root ({exc.strerror})")
+        return None
+    report.host_files_hidden = True
+    return workdir_root
+
+
+def _mount_proc(report: IsolationReport) -> None:
+    try:
+        # hidepid=2: a process sees only those it may ptrace; gid=0: except the server (group
+        # root), which must see its programs (another uid, not dumpable) to sweep them.
+        kernel.mount(
+            "proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, "hidepid=2,gid=0"
+        )
+        report.proc_hidepid = True
+    except OSError as exc:
+        report.fail("proc", f"no private /proc: {exc.strerror}")
+
+
+def _setup_minimal_root(report: IsolationReport, tmpfs_mb: int, workdir_root: str) -> None:
+    """In the minimal root: everything read-only, then the working dirs' tmpfs and /proc."""
+    try:
+        kernel.mount_setattr_recursive("/", kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
+        report.filesystem = "read-only"
+    except OSError as exc:
+        report.fail("filesystem", f"could not make the root read-only: {exc.strerror}")
+    try:
+        _mount_tmpfs(workdir_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
+        report.private_tmp = True
+        report.workdir_root = workdir_root
+    except OSError as exc:
+        report.fail("private_tmp", f"no private /tmp: {exc.strerror}")
+    if report.root:
+        _mount_proc(report)
+    else:
+        report.proc_hidepid = True  # /proc is an empty directory here
+        if _proc_fd is None:
+            report.notes.append("the real /proc could not be opened: strays cannot be swept")
 
 
 def _private_root() -> str:
@@ -120,24 +429,23 @@ def _private_root() -> str:
     return root
 
 
-def _setup_mounts(report: IsolationReport, tmpfs_mb: int) -> None:
-    try:
-        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    except OSError as exc:
-        report.notes.append(f"mounts not private ({exc.strerror}): no filesystem isolation")
-        return
+def _setup_host_tree(report: IsolationReport, tmpfs_mb: int) -> None:
+    """Without a minimal root: the host's tree, read-only, with /tmp, /run and /proc covered."""
     try:
         private_root = _private_root()
+        if private_root != "/tmp":
+            report.host_dir = private_root
     except OSError as exc:
-        report.notes.append(f"no private work root ({exc.strerror}): working dirs live in the host's /tmp")
+        report.fail("private_tmp", f"no private work root: {exc.strerror}")
         private_root = None
     try:
         kernel.mount_setattr_recursive("/", kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
         report.filesystem = "read-only"
     except OSError as exc:
-        report.notes.append(
+        report.fail(
+            "filesystem",
             f"could not remount / read-only ({exc.strerror}); world-writable dirs are covered "
-            "by empty read-only tmpfs, other writes are stopped only by file permissions"
+            "by empty read-only tmpfs, other writes are stopped only by file permissions",
         )
         for path in _WORLD_WRITABLE:
             if os.path.isdir(path) and not os.path.islink(path):
@@ -152,48 +460,65 @@ def _setup_mounts(report: IsolationReport, tmpfs_mb: int) -> None:
             report.private_tmp = True
             report.workdir_root = private_root
         except OSError as exc:
-            report.notes.append(f"no private /tmp ({exc.strerror}): working dirs live in the host's /tmp")
+            report.fail(
+                "private_tmp", f"no private /tmp ({exc.strerror}): working dirs live in the host's /tmp"
+            )
     if os.path.isdir("/run") and not os.path.islink("/run"):
         try:
             _mount_tmpfs("/run", "size=4k,mode=0755", kernel.MS_RDONLY | kernel.MS_NOEXEC)
         except OSError as exc:
             report.notes.append(f"/run not hidden ({exc.strerror}): host unix sockets there stay visible")
-    if not report.root:
-        _hide_proc(report)
     if report.root:
-        try:
-            kernel.mount(
-                "proc",
-                "/proc",
-                "proc",
-                kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC,
-                "hidepid=2",
-            )
-            report.proc_hidepid = True
-        except OSError as exc:
-            report.notes.append(f"no private /proc ({exc.strerror}): programs can list host processes")
+        _mount_proc(report)
+    else:
+        _hide_proc(report)
+
+
+def _setup_mounts(report: IsolationReport, tmpfs_mb: int) -> None:
+    try:
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    except OSError as exc:
+        why = f"mounts not private: {exc.strerror}"
+        for layer in ("filesystem", "host_files", "proc", "private_tmp"):
+            report.fail(layer, why)
+        return
+    if not report.root:
+        _keep_proc_fd()
+    workdir_root = _enter_minimal_root(report)
+    if workdir_root is not None:
+        _setup_minimal_root(report, tmpfs_mb, workdir_root)
+    else:
+        _setup_host_tree(report, tmpfs_mb)
 
 
 _proc_fd: int | None = None
 
 
 def proc_dir_fd() -> int | None:
-    """An fd of the real /proc when an empty tmpfs hides it (user-namespace mode), else None."""
+    """An fd of the real /proc when programs cannot see it (user-namespace mode), else None."""
     return _proc_fd
 
 
-def _hide_proc(report: IsolationReport) -> None:
-    # Without a PID namespace a new proc instance cannot be mounted, so /proc is covered by an
-    # empty tmpfs; the server keeps a descriptor of the real one for its own sweeps.
+def _keep_proc_fd() -> None:
+    # Without a PID namespace a new proc instance cannot be mounted, so programs get an empty
+    # /proc; the server keeps a descriptor of the real one for its own sweeps.
     global _proc_fd
-    fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        _proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _hide_proc(report: IsolationReport) -> None:
+    global _proc_fd
+    if _proc_fd is None:
+        report.fail("proc", "/proc not hidden: the real one cannot be opened")
+        return
     try:
         _mount_tmpfs("/proc", "size=4k,mode=0555", kernel.MS_RDONLY | kernel.MS_NOEXEC)
     except OSError as exc:
-        os.close(fd)
-        report.notes.append(f"/proc not hidden ({exc.strerror}): programs can read the worker's /proc")
+        os.close(_proc_fd)
+        _proc_fd = None
+        report.fail("proc", f"/proc not hidden ({exc.strerror}): programs can read the worker's /proc")
         return
-    _proc_fd = fd
     report.proc_hidepid = True
 
 
@@ -216,16 +541,21 @@ def setup_isolation(tmpfs_mb: int, run_as_uid: int | None = None) -> IsolationRe
             report.network = "netns"
             mounts = True
         except OSError as exc:
-            report.notes.append(f"no namespaces as root ({exc.strerror})")
+            why = f"no namespaces as root: {exc.strerror}"
+            for layer in ("network", "filesystem", "host_files", "proc", "private_tmp"):
+                report.fail(layer, why)
             mounts = False
         if _identity_uid_map():
             report.per_program_uid = True
             report.uid_base = UID_BASE + (os.getpid() % (1 << 22)) * UID_BLOCK
         else:
-            report.notes.append("uid map is not the identity: programs share uid 65534")
+            report.fail("per_program_uid", "the uid map is not the identity: programs share uid 65534")
     else:
+        report.fail("root", f"the fork-server runs as uid {os.geteuid()}")
         mounts = _enter_user_namespace(report)
-        report.notes.append("not root: programs run under the server's uid; process limits are approximate")
+        report.fail(
+            "per_program_uid", "not root: programs run under the server's uid; process limits are approximate"
+        )
     if mounts:
         _setup_mounts(report, tmpfs_mb)
     if not report.root:
@@ -237,5 +567,5 @@ def setup_isolation(tmpfs_mb: int, run_as_uid: int | None = None) -> IsolationRe
         kernel.SeccompFilter().install()
         report.seccomp = True
     except OSError as exc:
-        report.notes.append(f"no seccomp filter ({exc.strerror}): network blocked only by the namespace")
+        report.fail("seccomp", f"no seccomp filter: {exc.strerror}")
     return report

@@ -1,8 +1,9 @@
 """Thin ctypes wrappers over the Linux calls Python 3.11's `os` lacks.
 
-`unshare`, `mount`, `mount_setattr`, `prctl` and a seccomp-BPF filter. Every wrapper raises
-`OSError` with the real errno on failure, so callers can fall back and say exactly what did not
-hold. Nothing here runs untrusted code; `child.py` and `isolation.py` decide what to call.
+`unshare`, `mount`, `umount2`, `pivot_root`, `mount_setattr`, `prctl` and a seccomp-BPF filter.
+Every wrapper raises `OSError` with the real errno on failure, so callers can fall back and say
+exactly what did not hold. Nothing here runs untrusted code; `child.py` and `isolation.py` decide
+what to call.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+
+MNT_DETACH = 0x2
 
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
@@ -65,6 +70,21 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
         f"mount {target}",
     )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+_NR_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2) (glibc has no wrapper). Docker's default seccomp profile denies it."""
+    nr = _NR_PIVOT_ROOT.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, "pivot_root: unknown syscall number on this architecture")
+    _check(_libc.syscall(ctypes.c_long(nr), new_root.encode(), put_old.encode()), "pivot_root")
 
 
 class _MountAttr(ctypes.Structure):

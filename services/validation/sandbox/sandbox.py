@@ -26,9 +26,15 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from services.validation.sandbox.connection import SandboxError, ServerConnection, exchange
+from services.validation.sandbox.connection import (
+    IsolationUnavailable,
+    SandboxError,
+    ServerConnection,
+    exchange,
+)
 from services.validation.sandbox.isolation import IsolationReport
 from services.validation.sandbox.limits import SandboxLimits
+from services.validation.sandbox.modes import PERMISSIVE_HINT, configured_mode, strict_for
 from services.validation.sandbox.preload import BASIC_PRELOAD, SCIENTIFIC_PRELOAD
 from services.validation.sandbox.protocol import ProtocolError, encode_request
 from services.validation.sandbox.results import ExecutionKind, ExecutionResult, result_from_reply
@@ -51,12 +57,26 @@ def _forget_servers_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_servers_in_child)
 
 
+def refusal(isolation: IsolationReport) -> str:
+    """The one-line message of a strict sandbox that will not start: what is missing, why, how to fix."""
+    remedy = isolation.remedy()
+    return (
+        "the sandbox cannot isolate programs fully here, and strict mode refuses to run them: "
+        + "; ".join(isolation.missing() or ["unknown reason"])
+        + ". To fix: "
+        + (remedy + "; " if remedy else "")
+        + PERMISSIVE_HINT
+    )
+
+
 class Sandbox:
     """Runs untrusted Program-of-Thought programs; see the package docstring for the guarantees.
 
     `limits`: defaults for every program (override per call). `parallelism`: programs run at once
     per server (default: twice the CPUs this process may use). `strict`: refuse to start unless every
-    isolation layer holds (`isolation.full`). `tmpfs_mb`: size of the private tmpfs the working
+    isolation layer holds (`isolation.full`), raising `IsolationUnavailable`; None (the default)
+    follows `KPDD_SANDBOX_MODE` for a sandbox outside a worker (`modes.py`: strict only in
+    `strict` mode). `tmpfs_mb`: size of the private tmpfs the working
     directories of one server share. `extra_modules`: more modules for both servers to pre-import.
     `scientific`: start the numpy/sympy server (else those programs run in `basic`).
     `run_as_uid`: have the servers drop root for this uid right after pre-importing (they then take
@@ -68,7 +88,7 @@ class Sandbox:
         limits: SandboxLimits | None = None,
         *,
         parallelism: int | None = None,
-        strict: bool = False,
+        strict: bool | None = None,
         tmpfs_mb: int = 256,
         extra_modules: Sequence[str] = (),
         scientific: bool = True,
@@ -84,7 +104,9 @@ class Sandbox:
             raise ValueError(f"parallelism must be in [1, 64], got {self.parallelism}")
         if not 16 <= tmpfs_mb <= 1 << 20:
             raise ValueError(f"tmpfs_mb must be in [16, 1048576], got {tmpfs_mb}")
-        self.strict = strict
+        mode = "strict" if strict else configured_mode()
+        self.strict = strict_for(mode, worker=False) if strict is None else strict
+        self.permissive = mode == "permissive"  # explicitly allowed: warn at every start
         common = [f"--parallelism={self.parallelism}", f"--tmpfs-mb={tmpfs_mb}"]
         if run_as_uid is not None:
             common.append(f"--run-as-uid={run_as_uid}")
@@ -115,11 +137,10 @@ class Sandbox:
             if os.getpid() == self._owner_pid:
                 for server in self._servers.values():
                     server.close()
-                    root = server.isolation.workdir_root
-                    if server.isolation.private_tmp and root != "/tmp":
-                        # The empty mount point the server made when the code lives under /tmp.
+                    if server.isolation.host_dir:
+                        # The empty mount point the server made in the host's /tmp.
                         with contextlib.suppress(OSError):
-                            os.rmdir(root)
+                            os.rmdir(server.isolation.host_dir)
             self._servers = {}
 
     def __enter__(self) -> Sandbox:
@@ -151,11 +172,7 @@ class Sandbox:
             for server in started.values():
                 server.wait_ready(self._start_timeout_s)
                 if self.strict and not server.isolation.full:
-                    raise SandboxError(
-                        "the sandbox cannot isolate programs fully here: "
-                        + "; ".join(server.isolation.notes or ["unknown reason"])
-                        + " (run the worker as root on Linux, or pass strict=False)"
-                    )
+                    raise IsolationUnavailable(refusal(server.isolation))
         except BaseException:
             for server in started.values():
                 server.kill()
@@ -163,9 +180,16 @@ class Sandbox:
         for server in started.values():
             if not server.isolation.full:
                 log.warning(
-                    "sandbox fork-server %s runs with partial isolation: %s",
+                    "sandbox fork-server %s runs with partial isolation%s: %s",
                     server.name,
-                    "; ".join(server.isolation.notes),
+                    " (KPDD_SANDBOX_MODE=permissive)" if self.permissive else "",
+                    "; ".join(server.isolation.missing()),
+                )
+            elif self.permissive:
+                log.warning(
+                    "KPDD_SANDBOX_MODE=permissive: sandbox fork-server %s would run programs without "
+                    "full isolation (it has it here)",
+                    server.name,
                 )
         self._servers.update(started)
         return self._servers

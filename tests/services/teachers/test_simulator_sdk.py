@@ -102,17 +102,22 @@ def test_pot_programs_match_gold_on_a_sample_of_train(sim: SimulatorHandle) -> N
     assert same_as_derived >= 90  # the fallback is for the ~4% where the derivation breaks
 
 
-def test_unknown_question_gets_a_generic_answer_of_zero(sim: SimulatorHandle) -> None:
-    before = sim.stats["unknown_question"]
+def test_unknown_question_is_refused_not_invented(sim: SimulatorHandle) -> None:
+    """A problem the simulator does not know gets 422 through both SDKs, never an answer."""
+    before = sim.stats
     question = "A zorb has 7 blips and gains 3 more. How many blips does the zorb have?"
-    with anthropic_client(sim.url) as client:
-        for mode in ("cot", "pot"):
-            kp = key_points_via(client, question, mode, "single")
-            assert isinstance(kp, KeyPoints)
-            assert kp.core_question == "How many blips does the zorb have?"
-            assert kp.solving_info == ["A zorb has 7 blips and gains 3 more."]
-            assert _answer_value(kp) == 0
-    assert sim.stats["unknown_question"] == before + 2
+    for provider in PROVIDERS:
+        error: type[openai.APIStatusError | anthropic.APIStatusError] = (
+            openai.UnprocessableEntityError if provider == "openai" else anthropic.UnprocessableEntityError
+        )
+        with _client(provider, sim) as client, pytest.raises(error) as exc_info:
+            key_points_via(client, question, "cot", "single")
+        assert exc_info.value.status_code == 422
+        assert "does not know this problem" in exc_info.value.message
+        assert "--corpus" in exc_info.value.message
+    after = sim.stats
+    assert after["unknown_question"] == before["unknown_question"] + 2
+    assert after["answered"] == before["answered"]
 
 
 def test_usage_ids_model_and_finish_fields(sim: SimulatorHandle) -> None:
@@ -145,12 +150,14 @@ def test_max_tokens_cuts_the_answer(sim: SimulatorHandle) -> None:
         assert isinstance(parse_response(text, finish, "cot"), ParseFailure)
 
 
-def test_non_kpdd_prompt_is_answered(sim: SimulatorHandle) -> None:
+def test_non_kpdd_prompt_is_answered_only_when_it_is_a_known_question(sim: SimulatorHandle) -> None:
     before = sim.stats["not_kpdd_prompt"]
     with openai_client(sim.url) as client:
-        r = client.chat.completions.create(model="gold", messages=[{"role": "user", "content": "Say hi."}])
-    assert r.choices[0].message.content
-    assert sim.stats["not_kpdd_prompt"] == before + 1
+        with pytest.raises(openai.UnprocessableEntityError, match="KPDD prompts"):
+            client.chat.completions.create(model="gold", messages=[{"role": "user", "content": "Say hi."}])
+        r = client.chat.completions.create(model="gold", messages=[{"role": "user", "content": NATALIA}])
+    assert r.choices[0].message.content and "The answer is: 72" in r.choices[0].message.content
+    assert sim.stats["not_kpdd_prompt"] == before + 2
 
 
 # --- errors of the wire protocol ---------------------------------------------------------------------
@@ -339,7 +346,7 @@ def test_wrong_answer_parses_but_misses_the_gold(sim: SimulatorHandle, mode: str
 
 def test_forced_fault_for_the_first_attempts_only(sim: SimulatorHandle) -> None:
     """`500*2`: the first two attempts of the same request fail, the third is answered."""
-    prompt = render_prompt("A unique question for attempts? How many?", "cot")
+    prompt = render_prompt(_train([6001])[0]["question"], "cot")  # asked by no other test here
     headers = {"x-sim-fault": "500*2"}
     with openai_client(sim.url) as client:
         for _ in range(2):
