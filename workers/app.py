@@ -47,7 +47,7 @@ from services.generation.deployment import REFUSAL_PAUSE_S, REFUSED, admit_chunk
 from services.generation.dispatch import DEFAULT_QUEUE, PROCESS_CHUNK_TASK
 from services.generation.failures import RetrySchedule, classify, give_up, record_permanent
 from services.training.dispatch import TRAIN_RUN_TASK
-from workers import reconciler
+from workers import metrics, reconciler
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,17 @@ def _init_process(**_: Any) -> None:
         reconciler.start_in_pool_process(runtime().generator.engine)  # workers.reconciler
 
 
+@signals.worker_init.connect
+def _init_main(**_: Any) -> None:
+    """The Celery main process: serve the pool's metrics when a port is set (workers.metrics)."""
+    port = os.environ.get("KPDD_WORKER_METRICS_PORT")
+    if port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.serve(int(port))
+
+
 @signals.worker_process_shutdown.connect
 def _close_process(**_: Any) -> None:
+    metrics.process_gone()
     reconciler.stop()
     if _runtime is not None:
         _runtime.close()
@@ -145,6 +154,7 @@ def process_chunk(self: Any, job_id: int, chunk: int, deployment: str | None = N
     except Exception as exc:
         _after_error(self, job_id, chunk, exc)
         return
+    metrics.count_chunk(report)
     log.info("job %s chunk %s: %s", job_id, chunk, report)
 
 

@@ -34,6 +34,7 @@ from services.teachers.rationale import CALL_GUARD, STOPPED
 from services.teachers.registry import build_client
 from services.teachers.spec import TeacherSpec
 from services.teachers.tokens import request_tokens
+from workers import metrics
 from workers.ratelimit import RateLimiter, RateLimits, RateLimitTimeout
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,14 @@ def limited_client_factory(
                 log.warning("could not settle %s's token estimate: %s", spec.label, exc)
 
         def after_response(request: TeacherRequest, response: TeacherResponse) -> None:
+            metrics.count_answer(spec.provider, spec.model, response.tokens_in, response.tokens_out)
             if response.tokens_in is not None and response.tokens_out is not None:
                 correct(response.tokens_in + response.tokens_out)
             else:
                 reserved.tokens = 0  # no usage reported: the estimate stands
 
         def on_failure(error: TeacherCallError) -> None:
+            metrics.count_error(spec.provider, spec.model, error.kind)
             if error.status_code is not None:  # answered with an error: nothing was generated
                 correct(0)
             else:  # a timeout or a lost connection may have been processed: the estimate stands

@@ -109,6 +109,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "runs queued by `kpdd train --submit`), or full Celery queue names",
     )
     worker.add_argument("--loglevel", default="INFO", help="Celery log level: DEBUG, INFO, WARNING, ERROR")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics of the worker on this port (default: KPDD_WORKER_METRICS_PORT)",
+    )
     worker.set_defaults(handler=run_worker)
 
 
@@ -267,6 +273,18 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     env = dict(os.environ)
     env["KPDD_WORKER_QUEUES"] = ",".join(queues)
+    port = args.metrics_port if args.metrics_port is not None else env.get("KPDD_WORKER_METRICS_PORT")
+    if port is not None:
+        if not str(port).isdigit() or not 0 < int(port) < 65536:
+            raise BadInputError(
+                f"--metrics-port / KPDD_WORKER_METRICS_PORT: {port!r} is not a TCP port (1-65535)"
+            )
+        import tempfile
+
+        # prometheus_client's multiprocess mode: each pool process writes its counters here and
+        # the main process sums them at each scrape (workers.metrics). A fresh folder per start.
+        env["KPDD_WORKER_METRICS_PORT"] = str(port)
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kpdd-worker-metrics-")
     if args.threads is not None:
         env["KPDD_WORKER_THREADS"] = str(args.threads)
     argv = [
