@@ -37,35 +37,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.validation.sandbox import kernel
+from services.validation.sandbox.rootfs import (
+    NEW_ROOT_AT,
+    build_root,
+    code_lives_under,
+    mount_tmpfs,
+    switch_root,
+)
 
 UID_BASE = 1 << 30  # far above any uid a distribution allocates
 UID_BLOCK = 64  # uids per fork-server: one per concurrent program slot
 _WORLD_WRITABLE = ("/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
-
-# The minimal root: where its tmpfs is mounted before the switch (in the server's own mount
-# namespace only; any directory that never holds code will do, and /sys exists everywhere), and
-# what of the host it shows.
-_NEW_ROOT_AT = "/sys"
-_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ETC_FILES = (
-    "passwd", "group", "nsswitch.conf", "host.conf", "hosts", "localtime", "timezone", "ld.so.cache",
-    "ld.so.conf", "ld.so.conf.d", "mime.types", "os-release", "protocols", "services",
-)  # fmt: skip
-_DEV_NODES = ("null", "zero", "full", "random", "urandom")
-_DEV_LINKS = {
-    "fd": "/proc/self/fd",
-    "stdin": "/proc/self/fd/0",
-    "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2",
-}
-_EMPTY_DIRS = ("/tmp", "/proc", "/dev/shm", "/var/tmp", "/run")
-_WORK_SUBDIR = "kpdd-sandbox-work"  # the working dirs' tmpfs, under /tmp when code lives in /tmp
 
 # The layers, in the order `missing()` lists them, with what each means when it does not hold.
 _LAYERS = {
@@ -204,181 +190,26 @@ def _enter_user_namespace(report: IsolationReport) -> bool:
     return True
 
 
-def _mount_tmpfs(target: str, options: str, flags: int) -> None:
-    kernel.mount("kpdd-sandbox", target, "tmpfs", flags | kernel.MS_NOSUID | kernel.MS_NODEV, options)
-
-
-def _package_dirs() -> tuple[str, str]:
-    """(the folder holding `services/`, the `services` package itself)."""
-    services = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.dirname(services), services
-
-
-def _code_paths() -> list[str]:
-    """Where the interpreter, its packages and this project's code live (absolute, existing)."""
-    package_root, services = _package_dirs()
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, services}
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
-    found: set[str] = set()
-    for path in paths:
-        for candidate in {os.path.abspath(path), os.path.realpath(path)}:
-            if candidate == "/" or not os.path.exists(candidate):
-                continue
-            # The project's own root (a checkout, with its .env and data) shows only `services`.
-            own_root = candidate in (package_root, os.path.realpath(package_root))
-            found.add(services if own_root else candidate)
-    return sorted(found)
-
-
-def _code_lives_under(root: str) -> bool:
-    """Whether the interpreter, its packages, this project or the working directory are under
-    `root`: a tmpfs mounted over it would hide them from programs (lazy imports would fail)."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.getcwd(), os.path.dirname(__file__)}
-    paths.update(p for p in sys.path if p)
-    prefix = os.path.realpath(root).rstrip("/") + "/"
-    return any(os.path.realpath(p).startswith(prefix) for p in paths)
-
-
-# --- the minimal root -------------------------------------------------------------------------
-
-
-class _RootBuilder:
-    """Populates the new root's tmpfs: mirrored directories, read-only binds, links."""
-
-    def __init__(self, new_root: str, as_root: bool) -> None:
-        self.new_root = new_root
-        self.as_root = as_root
-        self.made: set[str] = {"/"}  # paths (as programs will see them) that are our own dirs
-        self.bound: list[str] = []  # bind targets, as programs will see them
-
-    def _inside(self, path: str) -> str:
-        return self.new_root + path
-
-    def _covered(self, path: str) -> bool:
-        return any(path == b or path.startswith(b.rstrip("/") + "/") for b in self.bound)
-
-    def mkdirs(self, path: str) -> bool:
-        """Create `path` and its parents as our own directories, each with the host's mode (and
-        owner, as root); False if a parent is a link or a bind (never write through one)."""
-        current = ""
-        for part in path.strip("/").split("/"):
-            current += "/" + part
-            if current in self.made:
-                continue
-            target = self._inside(current)
-            if os.path.lexists(target) or self._covered(current):
-                return False
-            os.mkdir(target, 0o755)
-            with contextlib.suppress(OSError):
-                st = os.stat(current)  # the host's directory of the same name, if any
-                if stat.S_ISDIR(st.st_mode):
-                    os.chmod(target, stat.S_IMODE(st.st_mode) & 0o1755)  # never writable by others
-                    if self.as_root:
-                        os.chown(target, st.st_uid, st.st_gid)
-            self.made.add(current)
-        return True
-
-    def expose(self, path: str) -> None:
-        """Bind the host's `path` (a directory or file) read-only at the same place; a link is
-        copied as a link. Skipped if already visible through an earlier bind."""
-        if self._covered(path) or not os.path.lexists(path):
-            return
-        parent = os.path.dirname(path)
-        if not self.mkdirs(parent):
-            return
-        target = self._inside(path)
-        if os.path.lexists(target):
-            return
-        if os.path.islink(path):
-            os.symlink(os.readlink(path), target)
-            return
-        if os.path.isdir(path):
-            os.mkdir(target, 0o755)
-        else:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        kernel.mount(path, target, None, kernel.MS_BIND | kernel.MS_REC)
-        self.bound.append(path)
-
-    def link(self, path: str, points_to: str) -> None:
-        if self.mkdirs(os.path.dirname(path)) and not os.path.lexists(self._inside(path)):
-            os.symlink(points_to, self._inside(path))
-
-
-def _build_root(new_root: str, as_root: bool) -> str:
-    """Fill the new root; returns where the working directories' tmpfs goes."""
-    builder = _RootBuilder(new_root, as_root)
-    for path in _SYSTEM_PATHS:
-        builder.expose(path)
-    for name in _ETC_FILES:
-        builder.expose(f"/etc/{name}")
-    builder.mkdirs("/etc")
-    for name in _DEV_NODES:
-        builder.expose(f"/dev/{name}")
-    for name, points_to in _DEV_LINKS.items():
-        builder.link(f"/dev/{name}", points_to)
-    code = _code_paths()
-    for path in code:
-        builder.expose(path)
-    for path in _EMPTY_DIRS:
-        builder.mkdirs(path)
-    os.chmod(builder._inside("/tmp"), 0o755)  # nobody writes there: the work tmpfs covers it
-    if any(p == "/tmp" or p.startswith("/tmp/") for p in code):
-        # The code is under /tmp, so /tmp shows it (read-only) and the working dirs go below.
-        workdir_root = f"/tmp/{_WORK_SUBDIR}"
-        builder.mkdirs(workdir_root)
-        return workdir_root
-    return "/tmp"
-
-
-def _switch_root(new_root: str) -> str:
-    """Make `new_root` this process's root; returns how ("pivot_root" or "chroot"). Raises
-    `OSError` if neither is allowed (nothing has changed then)."""
-    os.chdir(new_root)
-    try:
-        kernel.pivot_root(".", ".")  # the old root now sits on top of the new one, at "/"
-    except OSError as pivot_error:
-        # Docker's default seccomp profile denies pivot_root (it allows chroot with
-        # CAP_SYS_CHROOT). The host's tree stays mounted underneath, out of reach for processes
-        # without CAP_SYS_CHROOT and without a descriptor into it: programs have neither.
-        try:
-            os.chroot(".")
-        except OSError as chroot_error:
-            os.chdir("/")
-            raise OSError(
-                chroot_error.errno,
-                f"pivot_root: {os.strerror(pivot_error.errno or 0)}; chroot: {chroot_error.strerror}",
-            ) from None
-        os.chdir("/")
-        return "chroot"
-    try:
-        kernel.umount2(".", kernel.MNT_DETACH)  # the old root: gone from this namespace
-    except OSError as exc:
-        # The host's whole tree would stay reachable at "/": never serve programs like that.
-        raise SystemExit(f"kpdd sandbox: could not detach the host's root after pivot_root: {exc}") from None
-    os.chdir("/")
-    return "pivot_root"
-
-
 def _enter_minimal_root(report: IsolationReport) -> str | None:
     """Build the minimal root and switch to it; returns the working dirs' root, or None (and
     nothing changed) when it cannot be built."""
     try:
-        _mount_tmpfs(_NEW_ROOT_AT, "size=1m,nr_inodes=4096,mode=0755", 0)
+        mount_tmpfs(NEW_ROOT_AT, "size=1m,nr_inodes=4096,mode=0755", 0)
     except OSError as exc:
         report.fail("host_files", f"no minimal root ({exc.strerror})")
         return None
     try:
-        workdir_root = _build_root(_NEW_ROOT_AT, report.root)
+        workdir_root = build_root(NEW_ROOT_AT, report.root)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            kernel.umount2(_NEW_ROOT_AT, kernel.MNT_DETACH)
+            kernel.umount2(NEW_ROOT_AT, kernel.MNT_DETACH)
         report.fail("host_files", f"no minimal root ({exc})")
         return None
     try:
-        report.root_switch = _switch_root(_NEW_ROOT_AT)
+        report.root_switch = switch_root(NEW_ROOT_AT)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            kernel.umount2(_NEW_ROOT_AT, kernel.MNT_DETACH)
+            kernel.umount2(NEW_ROOT_AT, kernel.MNT_DETACH)
         report.fail("host_files", f"no minimal root ({exc.strerror})")
         return None
     report.host_files_hidden = True
@@ -405,7 +236,7 @@ def _setup_minimal_root(report: IsolationReport, tmpfs_mb: int, workdir_root: st
     except OSError as exc:
         report.fail("filesystem", f"could not make the root read-only: {exc.strerror}")
     try:
-        _mount_tmpfs(workdir_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
+        mount_tmpfs(workdir_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
         report.private_tmp = True
         report.workdir_root = workdir_root
     except OSError as exc:
@@ -422,7 +253,7 @@ def _private_root() -> str:
     """Where the private tmpfs for working directories is mounted: over `/tmp` (hiding the host's
     /tmp), or, when the code itself lives under /tmp, on a fresh empty directory there (then
     /tmp stays visible, read-only). Created before / becomes read-only; the host removes it."""
-    if not _code_lives_under("/tmp"):
+    if not code_lives_under("/tmp"):
         return "/tmp"
     root = f"/tmp/kpdd-sandbox-root-{os.getpid()}"
     os.makedirs(root, mode=0o755, exist_ok=True)
@@ -450,13 +281,13 @@ def _setup_host_tree(report: IsolationReport, tmpfs_mb: int) -> None:
         for path in _WORLD_WRITABLE:
             if os.path.isdir(path) and not os.path.islink(path):
                 try:
-                    _mount_tmpfs(path, "size=4k,mode=0755", kernel.MS_RDONLY)
+                    mount_tmpfs(path, "size=4k,mode=0755", kernel.MS_RDONLY)
                 except OSError as err:
                     report.notes.append(f"{path} stays writable ({err.strerror})")
         report.filesystem = "tmpfs-overlays"
     if private_root is not None:
         try:
-            _mount_tmpfs(private_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
+            mount_tmpfs(private_root, f"size={tmpfs_mb}m,nr_inodes=65536,mode=0755", kernel.MS_NOEXEC)
             report.private_tmp = True
             report.workdir_root = private_root
         except OSError as exc:
@@ -465,7 +296,7 @@ def _setup_host_tree(report: IsolationReport, tmpfs_mb: int) -> None:
             )
     if os.path.isdir("/run") and not os.path.islink("/run"):
         try:
-            _mount_tmpfs("/run", "size=4k,mode=0755", kernel.MS_RDONLY | kernel.MS_NOEXEC)
+            mount_tmpfs("/run", "size=4k,mode=0755", kernel.MS_RDONLY | kernel.MS_NOEXEC)
         except OSError as exc:
             report.notes.append(f"/run not hidden ({exc.strerror}): host unix sockets there stay visible")
     if report.root:
@@ -513,7 +344,7 @@ def _hide_proc(report: IsolationReport) -> None:
         report.fail("proc", "/proc not hidden: the real one cannot be opened")
         return
     try:
-        _mount_tmpfs("/proc", "size=4k,mode=0555", kernel.MS_RDONLY | kernel.MS_NOEXEC)
+        mount_tmpfs("/proc", "size=4k,mode=0555", kernel.MS_RDONLY | kernel.MS_NOEXEC)
     except OSError as exc:
         os.close(_proc_fd)
         _proc_fd = None
