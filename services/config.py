@@ -75,6 +75,35 @@ class Settings(BaseSettings):
         description="Seconds between two sweeps of the reconciler (run by `kpdd worker`), which "
         "re-queues chunks with pending problems that no worker holds and the broker no longer has.",
     )
+    batch_poll_interval_s: float = Field(
+        default=60.0,
+        ge=0.2,
+        le=3600,
+        description="Seconds between two cycles of the batch poller (run by `kpdd worker`): it sends "
+        "queued batch requests, polls provider batches, ingests their results and queues the chunks "
+        "that waited for them.",
+    )
+    batch_settle_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="A job's queued batch requests are sent once none was added for this long (or a "
+        "batch is full), so that one batch carries many chunks.",
+    )
+    batch_max_requests: int = Field(
+        default=50_000,
+        ge=1,
+        le=100_000,
+        description="Most requests in one provider batch (the provider's own limits on requests and "
+        "bytes apply too: OpenAI 50,000 and 200 MB, Anthropic 100,000 and 256 MB).",
+    )
+    batch_max_submissions: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Times a request is sent in a batch before it fails (an expired, cancelled or "
+        "server-errored request is sent again in the next batch).",
+    )
     sandbox_workers: int = Field(
         default=4, ge=1, le=64, description="Programs run at once by a worker's sandbox."
     )

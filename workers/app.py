@@ -19,7 +19,8 @@ Who may run a chunk (`services.generation.deployment`): a task carries its deplo
 of another deployment, or of a job this worker is configured differently for in a way that
 changes results, is refused with one log line and goes back to the queue (rejected with
 requeue, never acknowledged). The first process of each worker's pool also runs the reconciler
-(`workers.reconciler`), which re-queues chunks whose message the broker lost.
+(`workers.reconciler`), which re-queues chunks whose message the broker lost, and the batch
+poller (`workers.batch_poller`), which sends, polls and ingests provider batches.
 
 Each worker process builds its own engine, teacher clients, rate limiter and sandbox after the
 fork (`worker_process_init`), never at import time; a worker that consumes only the training
@@ -47,7 +48,7 @@ from services.generation.deployment import REFUSAL_PAUSE_S, REFUSED, admit_chunk
 from services.generation.dispatch import DEFAULT_QUEUE, PROCESS_CHUNK_TASK
 from services.generation.failures import RetrySchedule, classify, give_up, record_permanent
 from services.training.dispatch import TRAIN_RUN_TASK
-from workers import metrics, reconciler
+from workers import batch_poller, metrics, reconciler
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def _init_process(**_: Any) -> None:
     if DEFAULT_QUEUE in os.environ.get("KPDD_WORKER_QUEUES", DEFAULT_QUEUE).split(","):
         runtime()
         reconciler.start_in_pool_process(runtime().generator.engine)  # workers.reconciler
+        batch_poller.start_in_pool_process(runtime().generator)  # workers.batch_poller
 
 
 @signals.worker_init.connect
@@ -114,6 +116,7 @@ def _init_main(**_: Any) -> None:
 def _close_process(**_: Any) -> None:
     metrics.process_gone()
     reconciler.stop()
+    batch_poller.stop()
     if _runtime is not None:
         _runtime.close()
 

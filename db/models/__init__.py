@@ -4,6 +4,12 @@ Each entity family lives in its own module; add new ones here so Alembic sees th
 """
 
 from db.models.base import Base
+from db.models.batches import (
+    BATCH_LIVE_STATES,
+    REQUEST_OPEN_STATES,
+    BatchRequest,
+    ProviderBatch,
+)
 from db.models.corpora import GOLD_KINDS, Corpus, Problem
 from db.models.generation import (
     JOB_STATUSES,
@@ -27,6 +33,7 @@ from db.models.training import (
 )
 
 __all__ = [
+    "BATCH_LIVE_STATES",
     "CALL_STATUSES",
     "EVAL_STATES",
     "GOLD_KINDS",
@@ -34,11 +41,13 @@ __all__ = [
     "JOB_TERMINAL_STATUSES",
     "PROBLEM_STATES",
     "REPLAYABLE_STATUSES",
+    "REQUEST_OPEN_STATES",
     "RUN_LIVE_STATES",
     "RUN_STATES",
     "RUN_TERMINAL_STATES",
     "VERDICTS",
     "Base",
+    "BatchRequest",
     "BudgetHold",
     "Corpus",
     "Deployment",
@@ -49,6 +58,7 @@ __all__ = [
     "JobProblem",
     "JobRationale",
     "Problem",
+    "ProviderBatch",
     "Rationale",
     "Snapshot",
     "TeacherCall",

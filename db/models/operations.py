@@ -63,6 +63,8 @@ class JobChunk(Base):
     deliveries: Mapped[int] = mapped_column(Integer, server_default="0")
     # Set when sending the chunk to the broker failed (the reconciler or `resume` sends it).
     enqueue_error: Mapped[str | None] = mapped_column(Text)
+    # The chunk waits for requests in a provider batch (db.models.batches).
+    batch_wait: Mapped[bool] = mapped_column(Boolean, server_default="false")
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -82,6 +82,8 @@ class TeacherCall(TimestampMixin, Base):
     claim_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 8))
     response: Mapped[dict[str, Any] | None] = mapped_column()
+    # The provider batch that paid for this answer (at batch prices); None for an online call.
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

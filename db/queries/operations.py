@@ -172,12 +172,13 @@ def leased_chunks(session: Session, job_id: int, now: datetime) -> set[int]:
     )
 
 
-def try_sweep_lock(session: Session) -> bool:
-    """Take the reconciler's lock for this transaction; False when another sweep holds it.
-    Only Postgres is shared between hosts: elsewhere the lock is always granted."""
+def try_sweep_lock(session: Session, key: int = SWEEP_LOCK_KEY) -> bool:
+    """Take the reconciler's lock (or the one named by `key`, e.g. the batch poller's) for this
+    transaction; False when another sweep holds it. Only Postgres is shared between hosts:
+    elsewhere the lock is always granted."""
     if not _is_postgres(session):
         return True
-    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK_KEY}))
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
 
 
 def stale_chunks(
@@ -199,6 +200,7 @@ def stale_chunks(
             JobChunk.queued_at.is_not(None),
             or_(JobChunk.enqueue_error.is_not(None), JobChunk.queued_at < queued_before),
             or_(JobChunk.lease_until.is_(None), JobChunk.lease_until < now),
+            JobChunk.batch_wait.is_(False),  # waits for a provider batch: the batch poller's
             pending,
         )
         .order_by(JobChunk.job_id, JobChunk.chunk)

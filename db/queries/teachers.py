@@ -53,6 +53,7 @@ class NewTeacherCall:
     latency_ms: int | None = None
     attempts: int = 1
     response: dict[str, Any] | None = None
+    batch_id: int | None = None  # the provider batch that paid for it (None: an online call)
 
 
 @dataclass(slots=True, frozen=True)

@@ -37,6 +37,9 @@ class JobBody(BaseModel):
     teacher_options: list[str] = Field(default_factory=list, description="OPTION=VALUE for every teacher")
     refresh: bool = Field(default=False, description="bypass the response cache and replace what it holds")
     reuse_any_options: bool = Field(default=False, description="reuse rationales made with other options")
+    transport: Literal["online", "batch"] = Field(
+        default="online", description="batch: every teacher through its provider's batch API"
+    )
 
 
 def _require_job(request: Request, job_id: int) -> None:
@@ -91,6 +94,7 @@ def create_job(request: Request, body: JobBody) -> dict[str, Any]:
         chunk_size=body.chunk_size,
         refresh=body.refresh,
         reuse_any_options=body.reuse_any_options,
+        transport=body.transport,
     )
     created = submit_job(engine_of(request), params, broker)
     return {

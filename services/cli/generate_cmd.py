@@ -89,6 +89,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "max_tokens, seed, ...) or before options were recorded; by default only rationales made "
         "with this job's options are reused",
     )
+    gen.add_argument(
+        "--transport",
+        choices=("online", "batch"),
+        default="online",
+        help="online: one HTTP call per request; batch: every teacher's requests go through its "
+        "provider's batch API (half the price, answered within 24 h; see README, Batch jobs). "
+        "One teacher alone: --teacher SPEC,batch=true",
+    )
     gen.add_argument("--wait", action="store_true", help="with a broker: follow progress until the end")
     gen.add_argument("--json", action="store_true", help="print one JSON document")
     gen.set_defaults(handler=run_generate)
@@ -138,6 +146,7 @@ def _params(args: argparse.Namespace) -> GenerateParams:
         chunk_size=args.chunk_size,
         refresh=args.refresh,
         reuse_any_options=args.reuse_any_options,
+        transport=args.transport,
     )
 
 
@@ -205,6 +214,7 @@ def run_inline(generator: Generator, job_id: int, chunks: list[int], total: int,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from services.generation.batches import follow_batches_inline
     from services.generation.failures import run_chunk
 
     console = Console(stderr=True)
@@ -220,9 +230,17 @@ def run_inline(generator: Generator, job_id: int, chunks: list[int], total: int,
         task = progress.add_task("generate", total=total)
         for chunk in chunks:
             report = run_chunk(generator, job_id, chunk)  # permanent failures recorded on the job
-            progress.advance(task, report.problems)
+            progress.advance(task, report.problems - report.waiting)
             if not console.is_terminal and not quiet:
                 print(f"job {job_id} chunk {chunk}: {report}", file=sys.stderr)
+
+        def rerun(job: int, chunk: int) -> None:  # a chunk whose batch answers are in
+            report = run_chunk(generator, job, chunk)
+            progress.advance(task, report.problems - report.waiting)
+            if not console.is_terminal and not quiet:
+                print(f"job {job} chunk {chunk} (batch answers in): {report}", file=sys.stderr)
+
+        follow_batches_inline(generator.engine, generator.client_factory, job_id, rerun)
 
 
 def _follow(engine: Engine, job_id: int, as_json: bool) -> int:

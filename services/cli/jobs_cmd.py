@@ -214,6 +214,15 @@ def print_status(status: JobStatus) -> None:
     rate = f"{status.rate_per_s:.1f} rationales/s"
     eta = f", ETA {status.eta_s:.0f} s" if status.eta_s is not None else ""
     console.print(f"{spend}; {rate}{eta}")
+    if status.batches is not None:
+        b = status.batches
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(b.by_state.items())) or "none sent yet"
+        console.print(
+            f"batches: {shown}; requests answered {b.answered}/{b.requests}"
+            + (f", {b.queued} queued" if b.queued else "")
+            + (f", {b.waiting_chunks} chunk(s) waiting" if b.waiting_chunks else "")
+            + f"; cost ${money(b.cost_usd)}, saved ${money(b.saved_usd)} against online prices"
+        )
     if status.read_by_fallback:
         console.print(
             f"{status.read_by_fallback} verdict(s) read their answer through the low-confidence fallback"

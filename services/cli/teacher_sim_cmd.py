@@ -43,7 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Force a "
             "fault per request with the header 'x-sim-fault: KIND[*N]' or a model name ending in "
             "'+fault=KIND[*N]' (KIND: 429, 500, hang, wrong, malformed, truncate, refusal, none). "
-            "Counters: GET /_sim/stats."
+            "Also serves the batch APIs: OpenAI Files + Batch (POST /v1/files, /v1/batches, "
+            "GET /v1/batches[/ID], /v1/files/ID/content, POST /v1/batches/ID/cancel) and Anthropic "
+            "Message Batches (/v1/messages/batches[/ID[/cancel|/results]]); a batch ends "
+            "--batch-delay-s after creation, with --batch-error-rate of its requests failing "
+            "(retryably) and optional expiry (--batch-expire-after-s). "
+            "Counters: GET /_sim/stats; batch resubmissions: GET /_sim/batch-stats."
         ),
     )
     add_arguments(p)
@@ -87,6 +92,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="worker processes sharing the port (SO_REUSEPORT); limits are then per worker (limit/N)",
     )
+    p.add_argument(
+        "--batch-delay-s",
+        type=float,
+        default=1.0,
+        help="seconds from a batch's creation to its end (default 1)",
+    )
+    p.add_argument(
+        "--batch-error-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a batch request answered with a retryable server error (default 0)",
+    )
+    p.add_argument(
+        "--batch-expire-after-s",
+        type=float,
+        default=None,
+        help="a batch expires at this age if it is below --batch-delay-s: its first n*expire/delay "
+        "requests are answered, the rest expired (default: never)",
+    )
+    p.add_argument(
+        "--batch-dir",
+        default=None,
+        help="directory of batch state, shared by the workers (default: a temporary one, removed on exit)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -110,6 +140,10 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             corpora=[CorpusSource.parse(spec) for spec in args.corpus],
             from_db=args.from_db,
             workers=args.workers,
+            batch_delay_s=args.batch_delay_s,
+            batch_error_rate=args.batch_error_rate,
+            batch_expire_after_s=args.batch_expire_after_s,
+            batch_dir=args.batch_dir,
         )
     except ValueError as exc:
         raise BadInputError(f"teacher-sim: {exc}") from None

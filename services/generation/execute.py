@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, GenerationJob, Problem, Rationale
 from db.nul import escape_nul_json
+from db.queries.batches import mark_chunk_waiting, set_chunks_waiting
 from db.queries.generation import (
     chunk_problems,
     count_attempt,
@@ -68,6 +69,7 @@ from services.generation.params import teacher_options_key
 from services.kpdd.prompts import prompt_set_version
 from services.kpdd.records import KeyPoints, ParseFailure
 from services.teachers.base import TeacherClient
+from services.teachers.batching import BATCH_BUDGET, BATCH_SCOPE, BATCHED, BatchScope
 from services.teachers.rationale import CallFailure, RationaleOutcome, RationaleWork, produce_rationale
 from services.teachers.spec import TeacherSpec, parse_spec
 from services.validation.consensus import (
@@ -124,6 +126,7 @@ class ChunkReport:
     budget_stopped: bool = False
     skipped: str | None = None
     failed: int = 0  # problems failed by an error of the worker (services.generation.failures)
+    waiting: int = 0  # problems left pending for their requests in a provider batch
 
     def __str__(self) -> str:
         if self.skipped:
@@ -133,6 +136,7 @@ class ChunkReport:
             f"{self.paid_calls} paid and {self.cached_calls} cached calls"
             + (", budget exhausted" if self.budget_stopped else "")
             + (f", {self.failed} failed" if self.failed else "")
+            + (f", {self.waiting} waiting for a batch" if self.waiting else "")
         )
 
 
@@ -158,6 +162,7 @@ class _Slot:
 
     verdicts: dict[int, str] = field(default_factory=dict)
     asked: set[int] = field(default_factory=set)
+    waiting: set[int] = field(default_factory=set)  # queued for a provider batch in this run
 
     def valid(self) -> int:
         return sum(1 for v in self.verdicts.values() if v == "valid")
@@ -172,7 +177,7 @@ class _Slot:
             return todo
         if job.until_valid is None:
             return []
-        missing = job.until_valid - self.valid()
+        missing = job.until_valid - self.valid() - len(self.waiting)  # a waiting one may be valid
         if missing <= 0:
             return []
         return [i for i in range(job.attempts_cap) if i not in settled][:missing]
@@ -254,6 +259,7 @@ class Generator:
         with Session(self.engine) as session, session.begin():
             pending = [p for p, state in chunk_problems(session, job_id, chunk) if state == "pending"]
             pending = [p for p in pending if problem_ids is None or p in problem_ids]
+            set_chunks_waiting(session, [(job_id, chunk)], False)  # set again if it still waits
             if pending:
                 count_attempt(session, job_id, pending)
                 pending = cap_attempts(session, job_id, chunk, pending)
@@ -272,8 +278,10 @@ class Generator:
         record_reused_rationales(self.engine, job, [p.id for p in problems])  # job figures
         failures: dict[int, tuple[str, str]] = {}
         budget_hit: set[int] = set()
+        waiting: set[int] = set()  # problems with a request in a provider batch
         round_no = 0
-        ask = guarded(self.engine, job_id, lambda item: self._ask(job, item))  # no call once it ended
+        scope = BatchScope(job_id, chunk)
+        ask = guarded(self.engine, job_id, lambda item: self._ask(job, item, scope))  # no call once it ended
         while True:
             items = [
                 WorkItem(problem, teacher, mode, index)
@@ -297,9 +305,18 @@ class Generator:
                     continue
                 if was_stopped(result.outcome):  # the job ended before the call: nothing to record
                     continue
+                slot = slots[(item.problem.id, item.teacher.label, item.mode)]
+                if _waits_for_batch(result.outcome):  # queued for a batch: no rationale yet
+                    waiting.add(item.problem.id)
+                    slot.asked.add(item.sample_index)
+                    slot.waiting.add(item.sample_index)
+                    continue
+                if _batch_budget_spent(result.outcome):  # its batch did not fit the budget
+                    budget_hit.add(item.problem.id)
+                    report.budget_stopped = True
+                    continue
                 rows.append(self._row(job_id, result))
                 verdict = rows[-1]["verdict"]
-                slot = slots[(item.problem.id, item.teacher.label, item.mode)]
                 slot.verdicts[item.sample_index] = verdict
                 slot.asked.add(item.sample_index)
                 report.rationales += 1
@@ -314,7 +331,12 @@ class Generator:
                 ids = upsert_rationales(session, [escape_nul_json(row) for row in rows])
                 record_produced(session, job_id, ids, [row["verdict"] for row in rows])  # job figures
             log.debug("job %s chunk %s round %s: %d rationales", job_id, chunk, round_no, len(rows))
-        close_problems(self.engine, job_id, [p.id for p in problems], failures, budget_hit)
+        if waiting - budget_hit:
+            with Session(self.engine) as session, session.begin():
+                mark_chunk_waiting(session, job_id, chunk, sorted(waiting - budget_hit))
+            report.waiting = len(waiting - budget_hit)
+        closing = [p.id for p in problems if p.id not in waiting or p.id in budget_hit]
+        close_problems(self.engine, job_id, closing, failures, budget_hit)
         return report
 
     # --- steps -------------------------------------------------------------------------------
@@ -374,8 +396,15 @@ class Generator:
                         slots[(problem_id, teacher.label, mode)].verdicts.update(verdicts)
         return slots
 
-    def _ask(self, job: _Job, item: WorkItem) -> ItemResult:
+    def _ask(self, job: _Job, item: WorkItem, scope: BatchScope) -> ItemResult:
         client = self.client(item.teacher)
+        token = BATCH_SCOPE.set(scope)  # in this pool thread: batch teachers queue their requests
+        try:
+            return self._ask_in_scope(job, item, client)
+        finally:
+            BATCH_SCOPE.reset(token)
+
+    def _ask_in_scope(self, job: _Job, item: WorkItem, client: TeacherClient) -> ItemResult:
         work = RationaleWork(
             question=item.problem.question,
             mode=item.mode,  # type: ignore[arg-type]
@@ -384,7 +413,7 @@ class Generator:
             problem_id=item.problem.id,
             refresh=job.refresh,
         )
-        if not job.budgeted:
+        if not job.budgeted or item.teacher.options.batch:  # a batch is held in full when sent
             return ItemResult(item, produce_rationale(self.engine, client, work))
         return ItemResult(item, ask_within_budget(self.engine, job.id, client, work, self.budget_policy))
 
@@ -511,6 +540,16 @@ class Generator:
     def _finish(self, job_id: int) -> None:
         with Session(self.engine) as session, session.begin():
             finish_if_done(session, job_id)
+
+
+def _waits_for_batch(outcome: RationaleOutcome) -> bool:
+    got = outcome.result
+    return isinstance(got, CallFailure) and got.kind == BATCHED
+
+
+def _batch_budget_spent(outcome: RationaleOutcome) -> bool:
+    got = outcome.result
+    return isinstance(got, CallFailure) and got.kind == BATCH_BUDGET
 
 
 def _key_points(result: ItemResult) -> KeyPoints | None:

@@ -305,16 +305,20 @@ def close_problems(
     with Session(engine) as session, session.begin():
         set_problem_states(session, job_id, states)
         if budget_hit:
-            job = session.get(GenerationJob, job_id, with_for_update=True)
-            if job is not None and job.status not in JOB_TERMINAL_STATUSES:
-                stop_pending(session, job_id, "budget", "the job's budget ran out")
-                job.status = "budget_exhausted"
-                job.stop_reason = (
-                    f"budget of ${job.budget_usd} reached (spent ${job.spent_usd}); "
-                    "no further calls were issued"
-                )
-                job.finished_at = datetime.now(UTC)
+            stop_for_budget(session, job_id)
         finish_if_done(session, job_id)
+
+
+def stop_for_budget(session: Session, job_id: int) -> None:
+    """End the job `budget_exhausted`: its pending problems become `budget`."""
+    job = session.get(GenerationJob, job_id, with_for_update=True)
+    if job is not None and job.status not in JOB_TERMINAL_STATUSES:
+        stop_pending(session, job_id, "budget", "the job's budget ran out")
+        job.status = "budget_exhausted"
+        job.stop_reason = (
+            f"budget of ${job.budget_usd} reached (spent ${job.spent_usd}); no further calls were issued"
+        )
+        job.finished_at = datetime.now(UTC)
 
 
 # --- retries -----------------------------------------------------------------------------------

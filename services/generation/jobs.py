@@ -12,7 +12,7 @@ lease): those are still being worked, and queuing them again would only be skipp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
@@ -41,6 +41,8 @@ def parse_teachers(params: GenerateParams) -> list[TeacherSpec]:
     """Every teacher spec, parsed and checked before anything is written: unknown options, a
     missing key, or (with a budget) a model without a price fail here."""
     specs = [parse_spec(text) for text in params.teachers]
+    if params.transport == "batch":  # every teacher through its provider's batch API
+        specs = [replace(spec, options=spec.options.model_copy(update={"batch": True})) for spec in specs]
     labels = [spec.label for spec in specs]
     if len(set(labels)) != len(labels):
         raise BadInputError("--teacher: the same provider:model is given twice")

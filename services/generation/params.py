@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MODES = ("cot", "pot")
 STAGE_MODES = ("single", "staged")
 DEFAULT_CHUNK_SIZE = 16
+TRANSPORTS = ("online", "batch")
 
 
 @dataclass(slots=True)
@@ -36,6 +37,10 @@ class GenerateParams:
     - `reuse_any_options`: reuse stored rationales whatever generation options they were made
       with (legacy rows without an options key included); by default only rationales made with
       this job's options (`options_key`) are reused.
+    - `transport`: `online` (one HTTP call per request) or `batch` (every teacher's requests go
+      through its provider's batch API: `batch=true` on each spec; `services.teachers.batching`).
+      A single teacher takes the option itself (`--teacher openai:gpt-4o-mini,batch=true`), so
+      one job may mix a batch teacher with online ones.
     """
 
     corpus: str
@@ -51,6 +56,7 @@ class GenerateParams:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     refresh: bool = False
     reuse_any_options: bool = False
+    transport: str = "online"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +93,8 @@ class GenerateParams:
             raise BadInputError(f"--budget-usd: must be positive, got {self.budget_usd}")
         if self.limit is not None and self.limit < 1:
             raise BadInputError(f"--limit: must be at least 1, got {self.limit}")
+        if self.transport not in TRANSPORTS:
+            raise BadInputError(f"--transport: {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
         if not 1 <= self.chunk_size <= 10_000:
             raise BadInputError(f"--chunk-size: must be between 1 and 10000, got {self.chunk_size}")
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Corpus, GenerationJob
 from db.nul import unescape_nul
+from db.queries.batches import BatchFigures, batch_figures
 from db.queries.budget import job_spend
 from db.queries.failures import failed_problem_messages, failure_groups
 from db.queries.generation import (
@@ -109,6 +110,7 @@ class JobStatus:
     stop_reason: str | None
     created_at: datetime
     finished_at: datetime | None
+    batches: BatchFigures | None = None  # None: the job sent nothing through a provider batch
 
     @property
     def done(self) -> int:
@@ -164,7 +166,21 @@ class JobStatus:
             "stop_reason": self.stop_reason,
             "created_at": self.created_at.isoformat(),
             "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
+            "batches": None if self.batches is None else batches_json(self.batches),
         }
+
+
+def batches_json(figures: BatchFigures) -> dict[str, Any]:
+    return {
+        "by_state": figures.by_state,
+        "requests": figures.requests,
+        "answered": figures.answered,
+        "queued": figures.queued,
+        "waiting_chunks": figures.waiting_chunks,
+        "cost_usd": money(figures.cost_usd),
+        "online_cost_usd": money(figures.online_cost_usd),
+        "saved_usd": money(figures.saved_usd),
+    }
 
 
 def job_status(engine: Engine, job_id: int) -> JobStatus:
@@ -206,6 +222,7 @@ def job_status(engine: Engine, job_id: int) -> JobStatus:
             stop_reason=job.stop_reason,
             created_at=job.created_at,
             finished_at=job.finished_at,
+            batches=batch_figures(session, job_id),
         )
 
 

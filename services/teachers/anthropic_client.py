@@ -14,6 +14,7 @@ from anthropic.types import Message, TextBlock
 
 from services.kpdd.parsing import normalise_finish_reason
 from services.teachers.base import TeacherClient, TeacherRequest, TeacherResponse
+from services.teachers.errors import TeacherCallError
 from services.teachers.keys import DEFAULT_KEY_VARIABLES, read_key
 
 
@@ -43,6 +44,21 @@ class AnthropicMessagesClient(TeacherClient):
     def complete(self, request: TeacherRequest) -> TeacherResponse:
         # The SDK's own `post` with its `Message` type (see OpenAIChatClient.complete for why).
         message = self._sdk.post("/v1/messages", body=self.request_kwargs(request), cast_to=Message)
+        return self._normalise(message)
+
+    def response_from_body(self, body: dict[str, Any]) -> TeacherResponse:
+        """The normalised response for a Message body received another way (a batch's result
+        line); the same reading as `complete`'s. Raises TeacherCallError (bad_response) for a
+        body that is not a message."""
+        if not isinstance(body, dict):
+            raise TeacherCallError("bad_response", "the response body is not a JSON object", body=body)
+        try:  # built as the SDK builds a response (no validation), so both paths read alike
+            return self._normalise(Message.construct(**body))
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise TeacherCallError("bad_response", f"not a message: {exc}", body=body) from None
+
+    @staticmethod
+    def _normalise(message: Message) -> TeacherResponse:
         texts = [block.text for block in message.content if isinstance(block, TextBlock)]
         usage = message.usage
         return TeacherResponse(

@@ -27,6 +27,10 @@ again, and afterwards replayed. A call that raises (a bug, an unreachable limite
 ends its claim at once, leaving the row `in_flight`: an outcome unknown that may have been paid,
 counted in spend at its estimate until a later call settles it. The row written before the call
 is the intent: every paid call reaches the ledger, crashes included.
+
+A batch teacher inside a generation chunk does not call: a request the cache cannot answer is
+queued for a provider batch (`services.teachers.batching`), and its answer is written into the
+ledger by the batch poller, after which it is replayed here like any other.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -61,7 +65,8 @@ from db.queries.teachers import IN_FLIGHT, NewTeacherCall, StoredCall, find_repl
 from services.kpdd.prompts import RenderedPrompt
 from services.kpdd.records import FinishReason, Stage
 from services.leases import LeaseKeeper, holder_id, lease_ttl_s, process_prefix
-from services.teachers.base import CallResult, TeacherClient, TeacherRequest
+from services.teachers.base import CallResult, TeacherClient, TeacherRequest, TeacherResponse
+from services.teachers.batching import batched, defer_to_batch
 from services.teachers.pricing import usd_text
 from services.teachers.tokens import output_history, prompt_tokens
 
@@ -177,8 +182,10 @@ def cached_call(
             with engine.connect() as conn:
                 stored = None if refresh and not waited else find_replayable_call(conn, fingerprint)
             if stored is not None:
-                return _replayed(stored, request.prompt.stage)
+                return replayed(stored, request.prompt.stage)
             intent = _intent(client, request, fingerprint, problem_id)
+            if batched(client):  # a batch teacher inside a chunk: queued for a provider batch
+                return defer_to_batch(engine, client, request, fingerprint, asdict(intent), problem_id)
             estimate = _estimated_cost(engine, client, request)
             with engine.begin() as conn:
                 taken = claim_call(
@@ -425,16 +432,7 @@ def _row(
     row.attempts = result.attempts
     response, error = result.response, result.error
     if response is not None:
-        refused = response.finish_reason == "refusal"
-        row.status = "refused" if refused else "ok"
-        row.error_kind = "refusal" if refused else None
-        row.finish_reason = response.finish_reason
-        row.response_text = escape_nul(response.text)
-        row.tokens_in = response.tokens_in
-        row.tokens_out = response.tokens_out
-        row.response = escape_nul_json(response.raw)
-        if client.price is not None and response.tokens_in is not None and response.tokens_out is not None:
-            row.cost_usd = client.price.cost(response.tokens_in, response.tokens_out)
+        answered(row, client, response)
     elif error is not None:
         row.error_kind = error.kind
         row.error_message = escape_nul(error.message)
@@ -446,7 +444,26 @@ def _row(
     return row
 
 
-def _replayed(stored: StoredCall, stage: Stage) -> CallRecord:
+def answered(
+    row: NewTeacherCall, client: TeacherClient, response: TeacherResponse, batch_id: int | None = None
+) -> None:
+    """Fill in a ledger row with an answer; `batch_id`: paid through that provider batch, at
+    batch prices."""
+    refused = response.finish_reason == "refusal"
+    row.status = "refused" if refused else "ok"
+    row.error_kind = "refusal" if refused else None
+    row.finish_reason = response.finish_reason
+    row.response_text = escape_nul(response.text)
+    row.tokens_in = response.tokens_in
+    row.tokens_out = response.tokens_out
+    row.response = escape_nul_json(response.raw)
+    row.batch_id = batch_id
+    if client.price is not None and response.tokens_in is not None and response.tokens_out is not None:
+        row.cost_usd = client.price.cost(response.tokens_in, response.tokens_out, batch=batch_id is not None)
+
+
+def replayed(stored: StoredCall, stage: Stage) -> CallRecord:
+    """The record of a stored paid response replayed from the cache."""
     finish: Any = stored.finish_reason
     return CallRecord(
         call_id=stored.id,
@@ -470,7 +487,9 @@ __all__ = [
     "CLAIMS",
     "FINGERPRINT_VERSION",
     "CallRecord",
+    "answered",
     "cached_call",
     "fingerprint_of",
+    "replayed",
     "request_fingerprint",
 ]

@@ -9,6 +9,11 @@ them) to a `TeacherCallError` with a `kind`:
   `refusal` (a 400 that the provider says is a content-policy refusal), `bad_response` (a 2xx
   whose body the SDK could not read).
 
+Two kinds come only from provider batches (`batches`): `expired` (the request was not run
+before its batch expired) and `cancelled` (its batch was cancelled first); both are retryable
+(in another batch). `classify_status` classifies a status and error body that arrived without an
+exception (a batch's error line) exactly as `classify` would the same HTTP answer.
+
 Three more kinds end a call before anything is sent, raised by a `before_attempt` hook (the
 worker's rate limiter, `workers.runtime`): `rate_limit_wait` (no capacity within
 `KPDD_RATE_LIMIT_WAIT_MAX_S`), `job_stopped` (the call's job ended while it waited),
@@ -38,6 +43,9 @@ ErrorKind = Literal[
     "auth",
     "refusal",
     "bad_response",
+    # A batch request never run: its batch expired, or was cancelled, first (see `batches`).
+    "expired",
+    "cancelled",
     # Raised before an attempt, nothing sent: the shared rate limiter had no capacity within
     # KPDD_RATE_LIMIT_WAIT_MAX_S; the job of the call ended while it waited; the worker is
     # shutting down.
@@ -45,7 +53,9 @@ ErrorKind = Literal[
     "job_stopped",
     "worker_stopping",
 ]
-RETRYABLE_KINDS: frozenset[str] = frozenset({"rate_limit", "server", "timeout", "connection"})
+RETRYABLE_KINDS: frozenset[str] = frozenset(
+    {"rate_limit", "server", "timeout", "connection", "expired", "cancelled"}
+)
 MAX_MESSAGE_CHARS = 500
 
 
@@ -101,6 +111,14 @@ def classify(exc: BaseException) -> TeacherCallError | None:
         return _from_status(exc.response.status_code, message, exc.response.headers, None)
     # Other SDK errors are raised before anything is sent (missing key, bad client settings).
     return TeacherCallError("bad_request", message)
+
+
+def classify_status(
+    status: int, message: str, body: Any = None, headers: httpx.Headers | dict[str, str] | None = None
+) -> TeacherCallError:
+    """The classified error for an HTTP status and error body received as data (a batch's
+    per-request error): 429 and 5xx retryable, 401/403 auth, other 4xx bad_request or refusal."""
+    return _from_status(status, _short(message), httpx.Headers(headers or {}), body)
 
 
 def _from_status(status: int, message: str, headers: httpx.Headers, body: Any) -> TeacherCallError:
@@ -186,6 +204,7 @@ __all__ = [
     "ErrorKind",
     "TeacherCallError",
     "classify",
+    "classify_status",
     "redact",
     "redact_json",
     "retry_after",

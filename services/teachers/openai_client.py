@@ -67,6 +67,21 @@ class OpenAIChatClient(TeacherClient):
         completion = self._sdk.post(
             "/chat/completions", body=self.request_kwargs(request), cast_to=ChatCompletion
         )
+        return self._normalise(completion)
+
+    def response_from_body(self, body: dict[str, Any]) -> TeacherResponse:
+        """The normalised response for a chat.completion body received another way (a batch's
+        output line); the same reading as `complete`'s. Raises TeacherCallError (bad_response)
+        for a body that is not a chat completion."""
+        if not isinstance(body, dict):
+            raise TeacherCallError("bad_response", "the response body is not a JSON object", body=body)
+        try:  # built as the SDK builds a response (no validation), so both paths read alike
+            return self._normalise(ChatCompletion.construct(**body))
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise TeacherCallError("bad_response", f"not a chat completion: {exc}", body=body) from None
+
+    @staticmethod
+    def _normalise(completion: ChatCompletion) -> TeacherResponse:
         raw = completion.to_dict()
         if not completion.choices:
             raise TeacherCallError("bad_response", "the response has no choices", body=raw)

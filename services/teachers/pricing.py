@@ -6,6 +6,10 @@ snapshot; the longest matching key wins), with the entries of the file named by
 `KPDD_PRICES_FILE` laid over it. A model without a price has cost `None` ("unknown"), never 0:
 a self-hosted `openai-compatible` teacher is unpriced unless a price file says otherwise.
 
+Batch prices (OpenAI Batch, Anthropic Message Batches): an entry may give `batch_input` and
+`batch_output`; without them a batch call costs half the online price, which is what both
+providers charge today (`BATCH_DISCOUNT`).
+
 Costs are exact `Decimal`s, rounded to 1e-8 dollars (the database column's scale).
 """
 
@@ -22,6 +26,7 @@ from services.errors import ConfigError
 SHIPPED_PRICES = Path(__file__).resolve().parent / "prices.json"
 COST_QUANTUM = Decimal("0.00000001")
 _MILLION = Decimal(1_000_000)
+BATCH_DISCOUNT = Decimal("0.5")
 
 
 @dataclass(slots=True, frozen=True)
@@ -31,9 +36,24 @@ class ModelPrice:
     key: str
     input_per_mtok: Decimal
     output_per_mtok: Decimal
+    batch_input_per_mtok: Decimal | None = None  # None: BATCH_DISCOUNT of the online price
+    batch_output_per_mtok: Decimal | None = None
 
-    def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
-        raw = (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / _MILLION
+    def cost(self, tokens_in: int, tokens_out: int, *, batch: bool = False) -> Decimal:
+        """Dollars for a call; `batch`: at the provider's batch price."""
+        price_in, price_out = self.input_per_mtok, self.output_per_mtok
+        if batch:
+            price_in = (
+                self.batch_input_per_mtok
+                if self.batch_input_per_mtok is not None
+                else price_in * BATCH_DISCOUNT
+            )
+            price_out = (
+                self.batch_output_per_mtok
+                if self.batch_output_per_mtok is not None
+                else price_out * BATCH_DISCOUNT
+            )
+        raw = (tokens_in * price_in + tokens_out * price_out) / _MILLION
         return raw.quantize(COST_QUANTUM)
 
 
@@ -98,10 +118,26 @@ def _read(path: Path, what: str) -> dict[str, ModelPrice]:
             raise ConfigError(
                 f"{what} {path}: {key!r} needs numeric 'input' and 'output' dollars per million tokens"
             ) from None
-        if price_in < 0 or price_out < 0 or not (price_in.is_finite() and price_out.is_finite()):
+        batch_prices: list[Decimal | None] = []
+        for name in ("batch_input", "batch_output"):
+            given = value.get(name)
+            try:
+                batch_prices.append(None if given is None else Decimal(str(given)))
+            except InvalidOperation:
+                raise ConfigError(f"{what} {path}: {key!r} has a non-numeric {name!r}") from None
+        prices = [price_in, price_out, *(p for p in batch_prices if p is not None)]
+        if any(p < 0 or not p.is_finite() for p in prices):
             raise ConfigError(f"{what} {path}: {key!r} has a negative or non-finite price")
-        out[key] = ModelPrice(key, price_in, price_out)
+        out[key] = ModelPrice(key, price_in, price_out, batch_prices[0], batch_prices[1])
     return out
 
 
-__all__ = ["COST_QUANTUM", "SHIPPED_PRICES", "ModelPrice", "PriceTable", "load_prices", "usd_text"]
+__all__ = [
+    "BATCH_DISCOUNT",
+    "COST_QUANTUM",
+    "SHIPPED_PRICES",
+    "ModelPrice",
+    "PriceTable",
+    "load_prices",
+    "usd_text",
+]

@@ -27,6 +27,10 @@ call: an unknown option, or a value out of range, fails with a `BadInputError` n
   request's fingerprint). Finite, `rpm` from 1 to 10,000,000 and `tpm` from 100 to
   10,000,000,000 (`RPM_RANGE`, `TPM_RANGE`): a tinier limit would make the limiter wait for
   days per request, or overflow its arithmetic.
+- every provider: `batch=true`: in a generation job, send this teacher's requests through the
+  provider's batch API (OpenAI Batch, Anthropic Message Batches; `services.teachers.batching`)
+  at batch prices; `kpdd generate --transport batch` sets it on every teacher. Not sent, not
+  part of a request's fingerprint.
 
 `api_key_env` names a variable; the key itself never appears in a spec, an option or a row. It
 may name only a key variable (`keys.key_variable_problem`: upper-case, ending in `_API_KEY`,
@@ -93,6 +97,10 @@ class TeacherOptions(BaseModel):
     # Shared rate limits for this (provider, model), enforced across every worker (not sent).
     rpm: float | None = Field(default=None, ge=RPM_RANGE[0], le=RPM_RANGE[1], allow_inf_nan=False)
     tpm: float | None = Field(default=None, ge=TPM_RANGE[0], le=TPM_RANGE[1], allow_inf_nan=False)
+    # Send this teacher's requests of a generation job through the provider's batch API (at
+    # batch prices, answered within hours) instead of one HTTP call each (not sent, nor part of
+    # a request's fingerprint: a batch answer and an online one are the same cache entry).
+    batch: bool = False
 
     @field_validator("api_key_env")
     @classmethod

@@ -9,7 +9,13 @@ running in one event loop. Endpoints:
   (or `Authorization: Bearer`);
 - `GET /v1/models` (OpenAI-style list holding one model, `gold`), `GET /_sim/health` (status,
   worker index, pid), `GET /_sim/stats` (the counters of `stats.COUNTERS`, summed over workers),
-  `POST /_sim/reset` (zero the counters, the limits and the attempt numbers of this worker).
+  `POST /_sim/reset` (zero the counters, the limits and the attempt numbers of this worker, and
+  forget every batch and file);
+- the batch APIs (`batches`): OpenAI `POST /v1/files`, `GET /v1/files/{id}[/content]`,
+  `POST /v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`; Anthropic
+  `POST /v1/messages/batches`, `GET /v1/messages/batches[/{id}]`,
+  `POST /v1/messages/batches/{id}/cancel`, `GET /v1/messages/batches/{id}/results`; and
+  `GET /_sim/batch-stats` (lines received, distinct custom_ids, resubmissions after success).
 
 Per model request, in order: 401 without a key (the key is never logged or echoed); 400 for a
 body the provider would reject; the problem is read from the prompt and its rationale looked
@@ -38,6 +44,7 @@ from services.kpdd.prompts import read_prompt
 from services.kpdd.records import Mode, Stage
 from services.teachers.simulator.answers import SimText, answer_text
 from services.teachers.simulator.bank import ProblemBank, question_key
+from services.teachers.simulator.batches import SimBatches
 from services.teachers.simulator.config import SimulatorConfig
 from services.teachers.simulator.faults import (
     CONTENT_FAULTS,
@@ -122,6 +129,7 @@ class SimulatorApp:
         self._random_faults = config.faults.any
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid() & 0xFFFFFF:06x}{random.getrandbits(24):06x}"
+        self.batches = SimBatches(self, config.batch_dir)
 
     # --- routing ---------------------------------------------------------------------------------
 
@@ -131,6 +139,8 @@ class SimulatorApp:
             return await self._model_call("openai", request)
         if method == "POST" and path == "/v1/messages":
             return await self._model_call("anthropic", request)
+        if SimBatches.serves(path):
+            return await self.batches.handle(request)
         if method == "GET" and path == "/_sim/stats":
             return web.Response(body=orjson.dumps(self.stats.snapshot()), content_type=_JSON)
         if method == "GET" and path == "/_sim/health":
@@ -154,6 +164,7 @@ class SimulatorApp:
         self.stats.reset()
         self.limiter.reset()
         self.attempts.clear()
+        self.batches.reset()
 
     # --- one model call --------------------------------------------------------------------------
 

@@ -38,6 +38,18 @@ class SimulatorConfig:
     from_db: bool = False
     database_url: str | None = None  # for from_db; None: the configured kpdd database
     workers: int = 1
+    # Batch APIs (OpenAI Batch, Anthropic Message Batches; see `batches`). A batch ends
+    # `batch_delay_s` after its creation. `batch_error_rate` of its requests are answered with a
+    # retryable server error, drawn from the seed, the batch id and the request's custom_id (so a
+    # resubmission in another batch usually succeeds). With `batch_expire_after_s` (None: never)
+    # below the delay the batch expires at that age: its first floor(n * expire / delay) requests
+    # (in file order) are answered, the rest expired. Batch state (files, batches, results) lives
+    # in `batch_dir`, shared by every worker; None: a temporary directory made by whoever starts
+    # the workers and removed when they stop.
+    batch_delay_s: float = 1.0
+    batch_error_rate: float = 0.0
+    batch_expire_after_s: float | None = None
+    batch_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -53,3 +65,9 @@ class SimulatorConfig:
             raise ValueError("hang_max_s must be positive")
         if not 1 <= self.workers <= 256:
             raise ValueError("workers must be between 1 and 256")
+        if self.batch_delay_s < 0:
+            raise ValueError("batch_delay_s must not be negative")
+        if not 0.0 <= self.batch_error_rate <= 1.0:
+            raise ValueError("batch_error_rate must be between 0 and 1")
+        if self.batch_expire_after_s is not None and self.batch_expire_after_s < 0:
+            raise ValueError("batch_expire_after_s must not be negative")

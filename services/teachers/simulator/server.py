@@ -8,7 +8,9 @@
 SO_REUSEPORT (the kernel spreads connections over them). The parent keeps the port reserved and
 waits; SIGINT/SIGTERM stops everything. Counters are shared (see `stats`); rate limits and attempt
 numbers are per worker (each worker enforces limit / workers), so with several workers a retry
-that lands on another worker counts as a first attempt there.
+that lands on another worker counts as a first attempt there. Batch state lives on disk in the
+config's `batch_dir`, shared by the workers (by default a temporary directory made here and
+removed on exit; one worker alone makes its own).
 
 Built on aiohttp's low-level server (no router, no middleware) with orjson bodies: one worker
 serves several thousand requests per second at zero latency (see benchmarks/bench_simulator.py).
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.synchronize
 import os
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
@@ -123,7 +127,7 @@ class SimulatorHandle:
         return self.app.stats.snapshot()
 
     def reset(self) -> None:
-        """Zero the counters, the rate-limit buckets and the attempt numbers."""
+        """Zero the counters, the rate-limit buckets and the attempt numbers; forget the batches."""
         asyncio.run_coroutine_threadsafe(self._reset(), self._loop).result(timeout=10)
 
     async def _reset(self) -> None:
@@ -238,6 +242,10 @@ def serve(config: SimulatorConfig, on_ready: Callable[[str, int], None] | None =
         app = SimulatorApp(config, bank, Stats())
         asyncio.run(_serve_worker(app, sock, lambda: on_ready(url, len(bank)) if on_ready else None))
         return
+    batch_tmp = None
+    if config.batch_dir is None:  # one directory for every worker's batch state
+        batch_tmp = tempfile.TemporaryDirectory(prefix="kpdd-sim-batches-")
+        config = dataclasses.replace(config, batch_dir=batch_tmp.name)
     # Reserve the port with a bound, never-listening socket of the same SO_REUSEPORT group: it
     # receives no connections, and keeps the port ours while the workers bind it.
     reserve = _listen_socket(config.host, config.port, reuse_port=True)
@@ -280,6 +288,8 @@ def serve(config: SimulatorConfig, on_ready: Callable[[str, int], None] | None =
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         reserve.close()
+        if batch_tmp is not None:
+            batch_tmp.cleanup()
     failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM, None)]
     if failed and not stopping.is_set():
         from services.errors import RunFailure

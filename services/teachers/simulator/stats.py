@@ -33,6 +33,12 @@ COUNTERS: tuple[str, ...] = (
     "prompt_tokens",
     "completion_tokens",
     "hanging",  # gauge: hung requests not yet given up
+    "batches_created",  # batches accepted (either provider; a batch that failed validation too)
+    "batches_cancelled",  # cancellations that took effect (the batch had not ended)
+    "batches_expired",  # batches that ended by expiring
+    "batch_lines",  # requests received in accepted batches
+    "batch_lines_answered",  # batch requests answered successfully (results computed)
+    "batch_lines_errored",  # batch requests answered with an error (4xx, 422, drawn 5xx)
 )
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 
