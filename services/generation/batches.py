@@ -10,7 +10,7 @@ provider is asked, so a worker, or the whole stack, may die at any point:
 1. **Ended jobs.** Queued requests of a job that ended fail (`stopped`); a provider batch still
    running for one is cancelled at the provider (`kpdd cancel` therefore cancels its batches
    within one cycle). What a cancelled batch had already answered is ingested (it was paid).
-2. **Recovery.** A batch row still `submitting` after `RECOVER_AFTER_S` belongs to a cycle that
+2. **Recovery.** A batch row still `submitting` after `RECOVER_AFTER_S` (5 min) belongs to a cycle that
    died between the provider's answer and our write: it is looked up at the provider by its tag
    (`BatchAPI.find`), adopted when found, sent again when not (the provider never got it).
 3. **Submit.** A job's queued requests of one teacher are sent once none was added for
@@ -100,6 +100,7 @@ class PollerSettings:
     settle_s: float = 30.0
     max_requests: int = 50_000
     max_submissions: int = 3
+    recover_after_s: float = RECOVER_AFTER_S
 
     @classmethod
     def from_settings(cls) -> PollerSettings:
@@ -193,7 +194,7 @@ class BatchPoller:
 
     def _recover(self, report: CycleReport) -> None:
         with Session(self.engine) as session, session.begin():
-            cutoff = db_now(session) - timedelta(seconds=RECOVER_AFTER_S)
+            cutoff = db_now(session) - timedelta(seconds=self.settings.recover_after_s)
             stale = [
                 (b.id, b.teacher, b.tag, b.submitting_at, b.requests)
                 for b in batches_in(session, ["submitting"])

@@ -24,6 +24,12 @@ Judging: CoT answers by answer matching against the gold; PoT programs run in th
 only place they run) and their answers go through the same matching. A problem without a gold is
 judged against the consensus of all its rationales (every teacher, mode and sample).
 
+Batch teachers (`batch=true`, `--transport batch`): a request the cache cannot answer is queued
+for a provider batch (`services.teachers.batching`) instead of being sent; its problem stays
+pending, the chunk is marked waiting (`job_chunks.batch_wait`), and the batch poller
+(`services.generation.batches`) queues the chunk again once the answers are in the ledger. A
+sample index waiting for its batch counts towards `until_valid` until its answer is judged.
+
 Budget (`services.generation.budget`): before a rationale's calls are made, their expected cost
 is held on the job (a `budget_holds` row with a lease); after them the hold is settled with the
 cost the providers reported. A hold that does not fit waits while other holds are live, and
@@ -44,7 +50,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,10 +71,21 @@ from services.generation.chunks import hold_chunk
 from services.generation.failures import cap_attempts, close_problems, guarded, may_write, was_stopped
 from services.generation.figures import record_produced, record_reused_rationales
 from services.generation.params import teacher_options_key
+from services.generation.work import (
+    ChunkReport,
+    ItemResult,
+    JobView,
+    ProblemRow,
+    Slot,
+    WorkItem,
+    batch_budget_spent,
+    key_points_of,
+    waits_for_batch,
+)
 from services.kpdd.prompts import prompt_set_version
 from services.kpdd.records import KeyPoints, ParseFailure
 from services.teachers.base import TeacherClient
-from services.teachers.batching import BATCH_BUDGET, BATCH_SCOPE, BATCHED, BatchScope
+from services.teachers.batching import BATCH_SCOPE, BatchScope
 from services.teachers.rationale import CallFailure, RationaleOutcome, RationaleWork, produce_rationale
 from services.teachers.spec import TeacherSpec, parse_spec
 from services.validation.consensus import (
@@ -80,107 +96,10 @@ from services.validation.consensus import (
 )
 from services.validation.matching import judge_answer_text, judge_execution
 from services.validation.sandbox import ExecutionKind, ExecutionResult, Sandbox
-from services.validation.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[TeacherSpec], TeacherClient]
-
-
-@dataclass(slots=True, frozen=True)
-class ProblemRow:
-    id: int
-    question: str
-    gold_answer: str | None
-    gold_kind: str
-
-
-@dataclass(slots=True, frozen=True)
-class WorkItem:
-    problem: ProblemRow
-    teacher: TeacherSpec
-    mode: str
-    sample_index: int
-
-
-@dataclass(slots=True)
-class ItemResult:
-    item: WorkItem
-    outcome: RationaleOutcome | None  # None: not asked, the budget ran out first
-    # Filled in by judging:
-    verdict: Verdict | None = None
-    judged_by: str | None = None  # gold | consensus
-    answer: str | None = None
-    vote: str | None = None
-
-
-@dataclass(slots=True)
-class ChunkReport:
-    job_id: int
-    chunk: int
-    problems: int = 0
-    rationales: int = 0
-    valid: int = 0
-    paid_calls: int = 0
-    cached_calls: int = 0
-    budget_stopped: bool = False
-    skipped: str | None = None
-    failed: int = 0  # problems failed by an error of the worker (services.generation.failures)
-    waiting: int = 0  # problems left pending for their requests in a provider batch
-
-    def __str__(self) -> str:
-        if self.skipped:
-            return f"skipped ({self.skipped})"
-        return (
-            f"{self.problems} problems, {self.rationales} rationales ({self.valid} valid), "
-            f"{self.paid_calls} paid and {self.cached_calls} cached calls"
-            + (", budget exhausted" if self.budget_stopped else "")
-            + (f", {self.failed} failed" if self.failed else "")
-            + (f", {self.waiting} waiting for a batch" if self.waiting else "")
-        )
-
-
-@dataclass(slots=True)
-class _Job:
-    id: int
-    teachers: list[TeacherSpec]
-    modes: list[str]
-    stage_mode: str
-    samples: int
-    until_valid: int | None
-    attempts_cap: int
-    budgeted: bool
-    refresh: bool = False  # --refresh: bypass the response cache, remake stored rationales
-    reuse_any_options: bool = False  # --reuse-any-options
-
-
-@dataclass(slots=True)
-class _Slot:
-    """What is known of one (problem, teacher, mode): sample index -> verdict, and the indices
-    asked in this run (never asked twice in one run: a call that failed after its retries is
-    asked again only by a later run or delivery)."""
-
-    verdicts: dict[int, str] = field(default_factory=dict)
-    asked: set[int] = field(default_factory=set)
-    waiting: set[int] = field(default_factory=set)  # queued for a provider batch in this run
-
-    def valid(self) -> int:
-        return sum(1 for v in self.verdicts.values() if v == "valid")
-
-    def next_indices(self, job: _Job) -> list[int]:
-        """Indices to ask in the next round: the first `samples` without a usable rationale,
-        then (with until_valid) as many new ones as valid rationales are still missing, within
-        the cap."""
-        settled = {i for i, v in self.verdicts.items() if v != "failed"} | self.asked
-        todo = [i for i in range(job.samples) if i not in settled]
-        if todo:
-            return todo
-        if job.until_valid is None:
-            return []
-        missing = job.until_valid - self.valid() - len(self.waiting)  # a waiting one may be valid
-        if missing <= 0:
-            return []
-        return [i for i in range(job.attempts_cap) if i not in settled][:missing]
 
 
 class Generator:
@@ -306,12 +225,12 @@ class Generator:
                 if was_stopped(result.outcome):  # the job ended before the call: nothing to record
                     continue
                 slot = slots[(item.problem.id, item.teacher.label, item.mode)]
-                if _waits_for_batch(result.outcome):  # queued for a batch: no rationale yet
+                if waits_for_batch(result.outcome):  # queued for a batch: no rationale yet
                     waiting.add(item.problem.id)
                     slot.asked.add(item.sample_index)
                     slot.waiting.add(item.sample_index)
                     continue
-                if _batch_budget_spent(result.outcome):  # its batch did not fit the budget
+                if batch_budget_spent(result.outcome):  # its batch did not fit the budget
                     budget_hit.add(item.problem.id)
                     report.budget_stopped = True
                     continue
@@ -341,7 +260,7 @@ class Generator:
 
     # --- steps -------------------------------------------------------------------------------
 
-    def _start(self, job_id: int) -> _Job | None:
+    def _start(self, job_id: int) -> JobView | None:
         with Session(self.engine) as session, session.begin():
             row = session.get(GenerationJob, job_id)
             if row is None or row.status in JOB_TERMINAL_STATUSES:
@@ -352,7 +271,7 @@ class Generator:
                     .where(GenerationJob.id == job_id, GenerationJob.status == "queued")
                     .values(status="running", started_at=datetime.now(UTC))
                 )
-            return _Job(
+            return JobView(
                 id=row.id,
                 teachers=[parse_spec(t["spec"]) for t in row.teachers],
                 modes=list(row.modes),
@@ -370,11 +289,11 @@ class Generator:
             status = session.scalar(select(GenerationJob.status).where(GenerationJob.id == job_id))
         return status is None or status in JOB_TERMINAL_STATUSES
 
-    def _known_slots(self, job: _Job, problems: list[ProblemRow]) -> dict[tuple[int, str, str], _Slot]:
+    def _known_slots(self, job: JobView, problems: list[ProblemRow]) -> dict[tuple[int, str, str], Slot]:
         """The stored rationales each (problem, teacher, mode) may reuse: those made with the
         teacher's generation options (`options_key`), or any with `--reuse-any-options`; with
         `--refresh`, only the ones this job made itself (a redelivered chunk)."""
-        slots: dict[tuple[int, str, str], _Slot] = defaultdict(_Slot)
+        slots: dict[tuple[int, str, str], Slot] = defaultdict(Slot)
         ids = [p.id for p in problems]
         with Session(self.engine) as session:
             for teacher in job.teachers:
@@ -396,7 +315,7 @@ class Generator:
                         slots[(problem_id, teacher.label, mode)].verdicts.update(verdicts)
         return slots
 
-    def _ask(self, job: _Job, item: WorkItem, scope: BatchScope) -> ItemResult:
+    def _ask(self, job: JobView, item: WorkItem, scope: BatchScope) -> ItemResult:
         client = self.client(item.teacher)
         token = BATCH_SCOPE.set(scope)  # in this pool thread: batch teachers queue their requests
         try:
@@ -404,7 +323,7 @@ class Generator:
         finally:
             BATCH_SCOPE.reset(token)
 
-    def _ask_in_scope(self, job: _Job, item: WorkItem, client: TeacherClient) -> ItemResult:
+    def _ask_in_scope(self, job: JobView, item: WorkItem, client: TeacherClient) -> ItemResult:
         work = RationaleWork(
             question=item.problem.question,
             mode=item.mode,  # type: ignore[arg-type]
@@ -419,7 +338,7 @@ class Generator:
 
     def _judge(self, results: list[ItemResult], problems: list[ProblemRow]) -> None:
         """Fill in each result's verdict: programs run in the sandbox, then matching."""
-        judged = [(r, kp) for r in results if (kp := _key_points(r)) is not None]
+        judged = [(r, kp) for r in results if (kp := key_points_of(r)) is not None]
         programs = [(r, kp.program) for r, kp in judged if kp.program is not None]
         executions: dict[int, ExecutionResult] = {}
         if programs:
@@ -540,23 +459,6 @@ class Generator:
     def _finish(self, job_id: int) -> None:
         with Session(self.engine) as session, session.begin():
             finish_if_done(session, job_id)
-
-
-def _waits_for_batch(outcome: RationaleOutcome) -> bool:
-    got = outcome.result
-    return isinstance(got, CallFailure) and got.kind == BATCHED
-
-
-def _batch_budget_spent(outcome: RationaleOutcome) -> bool:
-    got = outcome.result
-    return isinstance(got, CallFailure) and got.kind == BATCH_BUDGET
-
-
-def _key_points(result: ItemResult) -> KeyPoints | None:
-    if result.outcome is None:
-        return None
-    got = result.outcome.result
-    return got if isinstance(got, KeyPoints) else None
 
 
 __all__ = ["ChunkReport", "ClientFactory", "Generator"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
@@ -180,7 +181,7 @@ def test_a_mixed_job_runs_its_online_teacher_at_once_and_its_batch_teacher_by_ba
     assert _batch_stats(url)["lines"] == 10
 
 
-def test_a_worker_killed_while_its_batch_is_in_flight_loses_nothing_and_sends_nothing_twice(
+def test_a_stack_restarted_while_its_batch_is_in_flight_loses_nothing_and_sends_nothing_twice(
     cluster: Cluster, datasets_dir: Path
 ) -> None:
     _setup(cluster)
@@ -200,6 +201,7 @@ def test_a_worker_killed_while_its_batch_is_in_flight_loses_nothing_and_sends_no
     )
     _wait_batch(cluster, "in_progress")
     cluster.kill_worker(first)
+    redis.Redis.from_url(cluster.redis.url()).flushall()  # the broker restarted empty too
     assert cluster.job_counts(job).get("pending") == 12
     cluster.start_worker()
     assert cluster.wait(job, timeout=120) == "completed"
