@@ -5,6 +5,7 @@ simulator as its own process, `kpdd worker` processes (Celery, prefork), GSM8K t
 Each run gets a fresh database, so no run replays another's cached calls.
 
     .venv/bin/python -m benchmarks.bench_generation throughput [--problems 3000]
+    .venv/bin/python -m benchmarks.bench_generation cpu [--problems 2000]
     .venv/bin/python -m benchmarks.bench_generation ratelimit [--rpm 600 --seconds 70]
     .venv/bin/python -m benchmarks.bench_generation scaling     # or: latency (its second half)
     .venv/bin/python -m benchmarks.bench_generation all
@@ -13,6 +14,9 @@ Each run gets a fresh database, so no run replays another's cached calls.
   processes; prints validated rationales/s and CPU-ms per rationale (CPU of the workers, the
   simulator, Postgres and Redis, read from /proc), and a baseline measured in the same run: the
   same work done one call at a time in one process (the research-script way), on a subset.
+- cpu: whole-system CPU-ms per validated rationale (workers, their sandbox programs, the
+  simulator, Postgres, Redis) for CoT only, PoT only and both, distributed, then the embedded
+  default (one process) for CoT and PoT; with rates.
 - ratelimit: two workers under a shared limit of R requests/minute for over a minute, against a
   simulator enforcing the same R with 429s: achieved rate over R, and 429s seen.
 - scaling: the same job with 1 and 2 worker processes at zero latency; then with 2 s of
@@ -39,6 +43,7 @@ import httpx
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
+from benchmarks.common import cpu_seconds
 from db.engine import dispose_engines, get_engine
 from db.migrate import upgrade
 from db.models import GenerationJob, Rationale
@@ -56,33 +61,6 @@ from tests.servers import PostgresServer, RedisServer
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("KPDD_DATASETS_DIR", REPO.parent / "shared" / "datasets"))
 GSM8K_TRAIN = DATASETS / "gsm8k" / "train.jsonl"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(roots: list[int]) -> float:
-    """utime + stime of the processes `roots` and all their descendants (alive ones)."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / TICKS
-    total, stack, seen = 0.0, list(roots), set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += times.get(pid, 0.0)
-        stack.extend(children.get(pid, []))
-    return total
 
 
 @dataclass
@@ -457,9 +435,75 @@ def bench_scaling_latency(stack: Stack) -> None:
     )
 
 
+def embedded_run(stack: Stack, label: str, problems: int, modes: list[str], threads: int = 16) -> RunResult:
+    """The embedded default's way (`kpdd generate` without a broker): every chunk in this
+    process, 16 threads, against Postgres; CPU of this process (with its sandbox), the
+    simulator and Postgres."""
+    url = stack.fresh_database(problems)
+    with simulator() as sim:
+        engine = get_engine(url)
+        created = create_job(
+            engine,
+            GenerateParams(corpus="gsm8k", teachers=[f"sim:gold@{sim.url}"], modes=modes, chunk_size=64),
+        )
+        roots = [os.getpid(), sim.process.pid, *_postmaster(stack)]
+        cpu_before = cpu_seconds(roots)
+        own_before = _own_cpu()
+        start = time.perf_counter()
+        generator = Generator(engine, lambda spec: build_client(spec, database_url=url), threads=threads)
+        for chunk in created.chunks:
+            generator.process_chunk(created.job_id, chunk)
+        generator.close()
+        seconds = time.perf_counter() - start
+        cpu = cpu_seconds(roots) - cpu_before
+        # This process's own CPU includes the benchmark's bookkeeping; /proc counts it the same.
+        split = {"kpdd process (with sandbox)": _own_cpu() - own_before}
+        split["simulator + postgres"] = cpu - split["kpdd process (with sandbox)"]
+    total, valid = counts(url)
+    dispose_engines()
+    return RunResult(label, total, valid, seconds, cpu, total, 0, split)
+
+
+def _own_cpu() -> float:
+    """This process's CPU and its reaped children's (the sandbox fork-server once closed)."""
+    mine, children = os.times()[:2], os.times()[2:4]
+    return sum(mine) + sum(children)
+
+
+def bench_cpu(stack: Stack, problems: int, processes: int) -> None:
+    """Whole-system CPU-ms per validated rationale, CoT only, PoT only and both, distributed and
+    embedded, every process counted (module doc: `cpu_seconds`)."""
+    print(
+        f"CPU per rationale: {problems} GSM8K problems, zero latency, "
+        f"2 workers x {processes} processes x 16 threads"
+    )
+    results = []
+    for modes in (["cot"], ["pot"], ["cot", "pot"]):
+        name = "+".join(modes)
+        run = distributed_run(
+            stack,
+            f"distributed {name}",
+            problems=problems,
+            modes=modes,
+            worker_count=2,
+            threads=16,
+            processes=processes,
+        )
+        show(run)
+        results.append(run)
+    for modes in (["cot"], ["pot"]):
+        run = embedded_run(stack, f"embedded {'+'.join(modes)}", problems // 2, modes)
+        show(run)
+        results.append(run)
+    print("  summary (whole-system CPU-ms per validated rationale):")
+    for run in results:
+        per_valid = 1000 * run.cpu_s / max(1, run.valid)
+        print(f"    {run.label:<22} {per_valid:6.2f} CPU-ms/valid   {run.rate:7.1f} valid/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("throughput", "ratelimit", "scaling", "latency", "all"))
+    parser.add_argument("which", choices=("throughput", "cpu", "ratelimit", "scaling", "latency", "all"))
     parser.add_argument("--problems", type=int, default=3000)
     parser.add_argument("--baseline-problems", type=int, default=150)
     parser.add_argument("--processes", type=int, default=2, help="processes per worker (throughput)")
@@ -474,6 +518,8 @@ def main() -> None:
     try:
         if args.which in ("throughput", "all"):
             bench_throughput(stack, args.problems, args.baseline_problems, args.processes)
+        if args.which in ("cpu", "all"):
+            bench_cpu(stack, args.problems, args.processes)
         if args.which in ("ratelimit", "all"):
             bench_ratelimit(stack, args.rpm, args.seconds)
         if args.which in ("scaling", "latency", "all"):

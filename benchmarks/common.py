@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: a Postgres database to run against, and a child process
-measured on its own (wall time and its own peak RSS, read with `os.wait4`)."""
+"""What the benchmark scripts share: a Postgres database to run against, a child process
+measured on its own (wall time and its own peak RSS, read with `os.wait4`), and the CPU of a
+process tree read from `/proc`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import create_engine, text
 from db.migrate import upgrade
 
 REPO = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -57,3 +59,32 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float
     if code != 0:
         raise SystemExit(f"{' '.join(argv[:4])} failed with exit code {code}")
     return seconds, usage.ru_maxrss / 1024, out
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU of the processes `roots` and all their live descendants: each one's own utime +
+    stime, plus cutime + cstime, the CPU of its children it has reaped (the sandbox's program
+    processes, reaped by its fork-server; Postgres backends that exited). Without the latter
+    a PoT run's programs would not be counted at all."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        times[pid] = sum(int(f) for f in fields[11:15]) / TICKS
+    total, stack, seen = 0.0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total

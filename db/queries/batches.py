@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import Connection, TextClause, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -39,19 +39,29 @@ class RequestState:
     error_message: str | None
 
 
-def queue_request(session: Session, values: dict[str, Any]) -> RequestState:
-    """Queue one request for a batch unless the job already has it; its state either way."""
-    dialect = postgresql if _postgres(session) else sqlite
-    session.execute(
-        dialect.insert(BatchRequest)
-        .values(state="queued", **values)
-        .on_conflict_do_nothing(index_elements=["job_id", "fingerprint"])
+def _queue_statement() -> TextClause:
+    """Queue a request, or find the one the job has: one parameterised statement, compiled once
+    (SQLAlchemy does not cache the compiled form of an `INSERT ... ON CONFLICT` construct). The
+    no-op update makes RETURNING give the stored row's state when the request was there."""
+    names = ["job_id", "chunk", "problem_id", "teacher", "fingerprint", "body", "intent", "estimate_usd"]
+    sql = (
+        f"INSERT INTO batch_requests ({', '.join(names)}, state, submissions) "
+        f"VALUES ({', '.join(':' + n for n in names)}, 'queued', 0) "
+        "ON CONFLICT (job_id, fingerprint) DO UPDATE SET submissions = batch_requests.submissions "
+        "RETURNING state, call_id, error_kind, error_message"
     )
-    row = session.execute(
-        select(
-            BatchRequest.state, BatchRequest.call_id, BatchRequest.error_kind, BatchRequest.error_message
-        ).where(BatchRequest.job_id == values["job_id"], BatchRequest.fingerprint == values["fingerprint"])
-    ).one()
+    columns = BatchRequest.__table__.c
+    return text(sql).bindparams(
+        *(bindparam(n, type_=columns[n].type) for n in ("body", "intent", "estimate_usd"))
+    )
+
+
+_QUEUE = _queue_statement()
+
+
+def queue_request(conn: Session | Connection, values: dict[str, Any]) -> RequestState:
+    """Queue one request for a batch unless the job already has it; its state either way."""
+    row = conn.execute(_QUEUE, values).one()
     return RequestState(*row)
 
 

@@ -27,7 +27,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from db.nul import escape_nul_json
 from db.queries.batches import queue_request
@@ -102,9 +101,9 @@ def defer_to_batch(
         "intent": intent,
         "estimate_usd": batch_estimate(engine, client, request),
     }
-    with Session(engine) as session, session.begin():
-        state = queue_request(session, values)
-        stored = find_replayable_call(session, fingerprint) if state.state == "done" else None
+    with engine.begin() as conn:  # a plain connection: this runs for every request of a batch job
+        state = queue_request(conn, values)
+        stored = find_replayable_call(conn, fingerprint) if state.state == "done" else None
     if stored is not None:  # answered by the batch (a refresh run lands here too)
         return replayed(stored, request.prompt.stage)
     waiting = state.state != "failed"

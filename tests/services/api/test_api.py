@@ -61,6 +61,11 @@ def test_bad_requests_get_one_error_shape(
         422,
         "colour",
     )
+    _error(
+        api.request("POST", "/api/jobs", json={"corpus": "g", "teachers": ["sim:gold"], "transport": "x"}),
+        422,
+        "transport",
+    )
     _error(api.request("GET", "/api/jobs?limit=100000"), 422, "limit")
     body = b'{"question": "x", "answer": "1"}\n' * 40_000  # 1.3 MB > 1 MiB
     _error(api.request("PUT", "/api/corpora/big/upload?format=jsonl", content=body), 413, "at most")

@@ -155,6 +155,19 @@ def test_openai_batch_answers_each_line_as_the_synchronous_endpoint(sim_factory:
     assert stats["requests"] == 2  # the two synchronous calls; batch lines are counted apart
 
 
+def test_an_openai_batch_file_of_several_megabytes_is_accepted(sim_factory: Any) -> None:
+    """A real batch file is megabytes (10,000 KPDD requests are about 35 MB): more than the
+    server's default 1 MiB body limit."""
+    sim = sim_factory()
+    with openai_client(sim.url) as client:
+        lines = [(f"big-{i}", _openai_body()) for i in range(3000)]
+        created = _openai_batch(client, lines)
+        batch = _openai_done(client, created.id)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None and batch.request_counts.completed == 3000
+    assert _stats(sim)["lines"] == 3000
+
+
 def test_anthropic_batch_results_stream_through_the_sdk(sim_factory: Any) -> None:
     sim = sim_factory()
     with anthropic_client(sim.url) as client:
