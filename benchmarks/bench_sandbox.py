@@ -9,6 +9,12 @@ Baselines, measured in the same run on a prefix of the same programs: a fresh `p
 program (no isolation at all), one at a time (the naive loop) and `--parallelism` at a time (the
 same concurrency the sandbox gets). A baseline figure is its programs divided by its own wall time.
 
+CPU per program, split three ways over the timed batch: the fork-servers' own (forking, watching,
+reaping, replying), their children's (the programs' processes: lock-down, run, report, exit; from
+the servers' `wait4`, via `Sandbox.cpu_usage()`, since this process never sees it) and this
+process's (encoding requests, decoding replies). The sum bounds the rate: 2 cores give at most
+2,000 / (ms per program) programs/s.
+
     .venv/bin/python -m benchmarks.bench_sandbox [--programs 3000] [--baseline-programs 300]
         [--parallelism N] [--datasets DIR] [--json out.json]
 
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -114,12 +121,27 @@ def main() -> None:
     with Sandbox(limits, parallelism=args.parallelism) as sandbox:
         startup_s = time.perf_counter() - started
         sandbox.run_many(programs[:50])  # warm the page cache and the servers' allocators
+        cpu_before, own_before = sandbox.cpu_usage(), resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         results = sandbox.run_many(programs)
         sandbox_s = time.perf_counter() - start
+        cpu_after, own_after = sandbox.cpu_usage(), resource.getrusage(resource.RUSAGE_SELF)
         parallelism = sandbox.parallelism
         isolation = sandbox.isolation
     sandbox_rate = len(programs) / sandbox_s
+    per_program_ms = 1000 / len(programs)
+    server_ms = sum(cpu_after[n].server_s - cpu_before[n].server_s for n in cpu_after) * per_program_ms
+    children_ms = sum(cpu_after[n].children_s - cpu_before[n].children_s for n in cpu_after) * per_program_ms
+    host_ms = (
+        own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime
+    ) * per_program_ms
+    cpu_ms = {
+        "fork_server": round(server_ms, 3),
+        "children": round(children_ms, 3),
+        "host": round(host_ms, 3),
+        "total": round(server_ms + children_ms + host_ms, 3),
+    }
+    child_cpu = sorted(r.cpu_ms for r in results if r.cpu_ms is not None)
     kinds = Counter(r.kind.value for r in results)
     right = sum(correct(r, gold) for r, (_, gold) in zip(results, pairs, strict=True))
 
@@ -137,6 +159,8 @@ def main() -> None:
         "sandbox_programs_per_s": round(sandbox_rate, 1),
         "sandbox_kinds": dict(kinds),
         "sandbox_correct": right,
+        "sandbox_cpu_ms_per_program": cpu_ms,
+        "child_cpu_ms_median": child_cpu[len(child_cpu) // 2] if child_cpu else None,
         "isolation_full": isolation.full,
         "baseline_programs": len(subset),
         "baseline_serial_programs_per_s": round(serial_rate, 1),
@@ -150,6 +174,13 @@ def main() -> None:
     print(
         f"sandbox:                  {sandbox_rate:>8,.0f} programs/s  ({sandbox_s:.2f} s; "
         f"kinds {dict(kinds)}; {right}/{len(programs)} equal to gold; full isolation: {isolation.full})"
+    )
+    print(
+        f"CPU per program: {cpu_ms['total']:.2f} ms = fork-server {cpu_ms['fork_server']:.2f} + "
+        f"children {cpu_ms['children']:.2f} + host {cpu_ms['host']:.2f} "
+        f"(ceiling on {len(os.sched_getaffinity(0))} CPUs: "
+        f"{1000 * len(os.sched_getaffinity(0)) / cpu_ms['total']:,.0f} programs/s); "
+        f"median child {figures['child_cpu_ms_median']} ms"
     )
     n = len(subset)
     print(f"baseline python -c, serial:    {serial_rate:>6,.1f} programs/s  ({n} programs)")

@@ -60,7 +60,7 @@ from __future__ import annotations
 from services.validation.sandbox.connection import IsolationUnavailable, SandboxError
 from services.validation.sandbox.isolation import IsolationReport
 from services.validation.sandbox.limits import SandboxLimits
-from services.validation.sandbox.results import Answer, ExecutionKind, ExecutionResult
+from services.validation.sandbox.results import Answer, ExecutionKind, ExecutionResult, ServerCpu
 from services.validation.sandbox.sandbox import Sandbox
 
 __all__ = [
@@ -72,4 +72,5 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxLimits",
+    "ServerCpu",
 ]

@@ -2,11 +2,15 @@
 
 Order matters and never varies: new session; stdin from /dev/null, stdout and stderr into the
 output pipe, the report pipe on fd 3, every other inherited fd closed; resource limits; the
-empty working directory; the program's own uid (root only); no new privileges, no dumping, no
-capabilities; death with the fork-server (the seccomp filter is inherited: the fork-server
-installed it on itself). Then the child writes one byte, `R`, to the report pipe and only then
-compiles and runs the program. A failure before that point exits the child (status 70) without
-running the program, and the missing `R`, which no program can un-write, tells the server so.
+empty working directory; the program's own uid (root only); death with the fork-server, no
+dumping (both after the uid change, which resets them), no capabilities (non-root only); no new
+privileges and the seccomp filter are inherited (the fork-server set both on itself; no new
+privileges is set here only where it did not). Everything here is kept to few Python objects:
+each one the child touches costs it a copy-on-write fault on a page it shares with the
+fork-server, and those faults are most of a child's CPU. Then the child writes one byte, `R`, to
+the report pipe and only then compiles and runs the program. A failure before that point exits
+the child (status 70) without running the program, and the missing `R`, which no program can
+un-write, tells the server so.
 
 The answer (precedence, documented for callers):
 1. the module-level variable `ans`, if the program bound it (even to `None`);
@@ -43,6 +47,7 @@ _MESSAGE_CHARS = 500
 # Bound now, in the fork-server: a program that patches json or os cannot stop its report
 # from being written (it can only make its own report wrong, which it could do by setting ans).
 _dumps = json.dumps
+_quote = json.encoder.encode_basestring_ascii  # C: a str as an ASCII-only JSON string literal
 _write = os.write
 _exit = os._exit
 
@@ -62,11 +67,41 @@ class ChildSpec:
     mapped_bytes: int  # the address space the fork-server maps at fork: RLIMIT_AS counts on top
     drop_capabilities: bool
     signal_guard: bool  # programs share a uid with others: confine signals and prlimit to self
+    set_no_new_privs: bool = True  # False when the fork-server has it already (fork keeps it)
+    workdir_bytes: bytes = b""  # `workdir` encoded, for the environment (made by the server)
+    rlimits: tuple[tuple[int, tuple[int, int]], ...] = ()  # `resource_limits(...)`; () = compute here
+
+
+RLimits = tuple[tuple[int, tuple[int, int]], ...]
+
+
+def resource_limits(limits: SandboxLimits, mapped_bytes: int, nproc_limit: int) -> RLimits:
+    """The (resource, (soft, hard)) pairs a child sets, in order. The fork-server computes them once
+    per distinct set (`requests.RequestCache`), so the child only makes the calls: each object it
+    touches after the fork costs it a copy-on-write page fault."""
+    address_space = mapped_bytes + limits.memory_mb * (1 << 20)
+    return (
+        (resource.RLIMIT_AS, (address_space, address_space)),
+        (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
+        (resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes)),
+        (resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files)),
+        (resource.RLIMIT_NPROC, (nproc_limit, nproc_limit)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    )
+
+
+# The environment's own store (encoded keys and values), written directly in the child: through
+# `os.environ[...] = ...` each variable costs a dozen Python calls, each touching shared pages.
+_environ_data = getattr(os.environ, "_data", None)
+_putenv = os.putenv
 
 
 def _arrange_fds(spec: ChildSpec) -> None:
-    # Move the three sources above the target numbers first, so no dup2 clobbers another.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (spec.devnull_fd, spec.out_fd, spec.report_fd)]
+    sources = (spec.devnull_fd, spec.out_fd, spec.report_fd)
+    if min(sources) > REPORT_FD:  # the usual case: no dup2 below can clobber a source
+        moved = list(sources)
+    else:  # move the sources above the target numbers first
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in sources]
     os.dup2(moved[0], 0)
     os.dup2(moved[1], 1)
     os.dup2(moved[1], 2)
@@ -75,14 +110,9 @@ def _arrange_fds(spec: ChildSpec) -> None:
 
 
 def _set_limits(spec: ChildSpec) -> None:
-    limits = spec.limits
-    address_space = spec.mapped_bytes + limits.memory_mb * (1 << 20)
-    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
-    resource.setrlimit(resource.RLIMIT_NPROC, (spec.nproc_limit, spec.nproc_limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    setrlimit = resource.setrlimit
+    for which, pair in spec.rlimits or resource_limits(spec.limits, spec.mapped_bytes, spec.nproc_limit):
+        setrlimit(which, pair)
 
 
 def _lock_down(spec: ChildSpec) -> None:
@@ -95,17 +125,41 @@ def _lock_down(spec: ChildSpec) -> None:
         os.setresgid(spec.uid, spec.uid, spec.uid)
         os.setresuid(spec.uid, spec.uid, spec.uid)
     # After the uid change, which clears it; then make sure the server did not die meanwhile.
-    kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+    kernel.prctl2(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != spec.server_pid:
         _exit(SETUP_FAILED_STATUS)
-    kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
-    kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1)
+    kernel.prctl2(kernel.PR_SET_DUMPABLE, 0)  # after the uid change too (it resets the flag)
+    if spec.set_no_new_privs:
+        kernel.prctl2(kernel.PR_SET_NO_NEW_PRIVS, 1)
     if spec.drop_capabilities:
         kernel.drop_capabilities()
     if spec.signal_guard:
         kernel.SeccompFilter.signal_guard(os.getpid()).install()
     # The server's environment is already scrubbed (see server.main); only the dirs are per program.
-    os.environ["HOME"] = os.environ["TMPDIR"] = spec.workdir
+    if isinstance(_environ_data, dict) and spec.workdir_bytes:
+        for key in (b"HOME", b"TMPDIR"):
+            _putenv(key, spec.workdir_bytes)
+            _environ_data[key] = spec.workdir_bytes
+    else:
+        os.environ["HOME"] = os.environ["TMPDIR"] = spec.workdir
+
+
+def _report_json(report: dict[str, Any]) -> str:
+    """`json.dumps(report)` for a report's shape (str, bool, None and one nested dict of those),
+    without the encoder object `json.dumps` builds per call: in a fresh child that costs about 25
+    copy-on-write faults. Anything else goes to `json.dumps`."""
+    parts = []
+    for key, value in report.items():
+        if type(value) is str:
+            text = _quote(value)
+        elif value is None or value is True or value is False:
+            text = "null" if value is None else "true" if value else "false"
+        elif type(value) is dict:
+            text = _report_json(value)
+        else:
+            return _dumps(report, ensure_ascii=True)
+        parts.append(_quote(key) + ":" + text)
+    return "{" + ",".join(parts) + "}"
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
@@ -186,7 +240,7 @@ def run_child(spec: ChildSpec, program: bytes) -> NoReturn:
         _flush_output()
         if os.getpid() != me:  # a copy the program forked: only the program itself reports
             _exit(0)
-        data = _dumps(report, ensure_ascii=True).encode()
+        data = _report_json(report).encode()
         while data:
             data = data[_write(REPORT_FD, data) :]
         _exit(0)

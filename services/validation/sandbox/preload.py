@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
@@ -22,3 +24,15 @@ STDLIB_MODULES = (
 )  # fmt: skip
 BASIC_PRELOAD = MATH_MODULES + STDLIB_MODULES
 SCIENTIFIC_PRELOAD = BASIC_PRELOAD + SCIENTIFIC_MODULES
+
+
+def preload(modules: list[str]) -> tuple[list[str], list[str]]:
+    """Import `modules`; returns (loaded, failed), each failure as "name: error"."""
+    loaded, failed = [], []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception as exc:  # a missing optional module must not stop the server
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return loaded, failed

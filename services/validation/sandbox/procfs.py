@@ -6,6 +6,7 @@ programs), so it works the same in every isolation mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -76,3 +77,15 @@ def remove_tree(path: str) -> None:
         pass
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def empty_dir(root: str, keep: set[str]) -> None:
+    """Remove everything in `root` but the entries named in `keep`; never follows links."""
+    for name in os.listdir(root):
+        if name not in keep:
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                remove_tree(path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

@@ -70,6 +70,20 @@ class Answer:
         return {"type": self.type, "value": self.value, "truncated": self.truncated}
 
 
+@dataclass(slots=True, frozen=True)
+class ServerCpu:
+    """CPU used by one fork-server since it started (`Sandbox.cpu_usage()`), in seconds.
+
+    `server_s` is the fork-server's own (forking, watching, reaping, replying; its start-up and
+    pre-imports included); `children_s` that of every child it reaped, programs and their strays,
+    from `wait4`; `programs` how many programs it has run.
+    """
+
+    server_s: float
+    children_s: float
+    programs: int
+
+
 @dataclass(slots=True)
 class ExecutionResult:
     """The outcome of one program; see the module docstring for how `kind` is decided."""
@@ -82,6 +96,9 @@ class ExecutionResult:
     stdout_truncated: bool = False
     output_bytes: int = 0  # everything the program wrote to stdout+stderr
     duration_s: float = 0.0  # wall clock from fork to exit, as the fork-server measured it
+    # CPU (user + system) of the program's process from fork to exit, lock-down included, as the
+    # fork-server's wait4 reported it; None where no process ran. Strays it left are not in it.
+    cpu_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +114,7 @@ class ExecutionResult:
             "stdout_truncated": self.stdout_truncated,
             "output_bytes": self.output_bytes,
             "duration_s": self.duration_s,
+            "cpu_ms": self.cpu_ms,
         }
 
 
@@ -157,6 +175,7 @@ def result_from_reply(reply: dict[str, Any], max_answer_chars: int) -> Execution
         stdout_truncated=bool(reply.get("stdout_truncated", False)),
         output_bytes=int(reply.get("output_bytes", 0)),
         duration_s=float(reply.get("duration_s", 0.0)),
+        cpu_ms=round(float(reply["cpu_s"]) * 1000, 3) if reply.get("cpu_s") is not None else None,
     )
     killed = reply.get("killed")
     term_signal = reply.get("signal")

@@ -37,7 +37,12 @@ from services.validation.sandbox.limits import SandboxLimits
 from services.validation.sandbox.modes import PERMISSIVE_HINT, configured_mode, strict_for
 from services.validation.sandbox.preload import BASIC_PRELOAD, SCIENTIFIC_PRELOAD
 from services.validation.sandbox.protocol import ProtocolError, encode_request
-from services.validation.sandbox.results import ExecutionKind, ExecutionResult, result_from_reply
+from services.validation.sandbox.results import (
+    ExecutionKind,
+    ExecutionResult,
+    ServerCpu,
+    result_from_reply,
+)
 
 log = logging.getLogger(__name__)
 _REPLY_GRACE_S = 30.0  # beyond a program's deadline, how long a server may take to answer
@@ -299,19 +304,49 @@ class Sandbox:
                 raise SandboxError(f"lost a sandbox fork-server: {exc}") from exc
         return [r for r in results if r is not None]
 
-    def ping(self) -> bool:
-        """True if every fork-server answers a no-op request."""
+    def _ask(self, op: str) -> dict[str, dict[str, Any]] | None:
+        """Send `op` to every fork-server; their answers by server name, None if one failed."""
         with self._lock:
             servers = self._ensure_servers()
-            answers: list[dict[str, Any]] = []
-            for server in servers.values():
+            names: dict[int, str] = {}
+            answers: dict[str, dict[str, Any]] = {}
+            for name, server in servers.items():
                 self._next_id += 1
-                server.frames.append(encode_request({"id": self._next_id, "op": "ping"}, ""))
+                names[self._next_id] = name
+                server.frames.append(encode_request({"id": self._next_id, "op": op}, ""))
+
+            def on_reply(reply: dict[str, Any]) -> None:
+                answers[names.get(reply.get("id"), "?")] = reply  # type: ignore[arg-type]
+
             try:
-                exchange(list(servers.values()), answers.append, idle_timeout_s=10.0, window=1)
+                exchange(list(servers.values()), on_reply, idle_timeout_s=10.0, window=1)
             except (SandboxError, ProtocolError, OSError):
                 for server in servers.values():
                     server.kill()
                 self._servers = {}
-                return False
-            return len(answers) == len(servers) and all(a.get("pong") for a in answers)
+                return None
+            return answers if set(answers) == set(servers) else None
+
+    def ping(self) -> bool:
+        """True if every fork-server answers a no-op request."""
+        answers = self._ask("ping")
+        return answers is not None and all(a.get("pong") for a in answers.values())
+
+    def cpu_usage(self) -> dict[str, ServerCpu]:
+        """CPU used so far by each fork-server and by the children it reaped, by server name.
+
+        The children's CPU is not in this process's `getrusage` (they are the fork-server's
+        children, never this process's), so a benchmark must ask for it here. Raises
+        `SandboxError` if a server does not answer.
+        """
+        answers = self._ask("stats")
+        if answers is None:
+            raise SandboxError("a sandbox fork-server did not answer a stats request")
+        return {
+            name: ServerCpu(
+                float(a.get("server_cpu_s", 0.0)),
+                float(a.get("children_cpu_s", 0.0)),
+                int(a.get("programs", 0)),
+            )
+            for name, a in answers.items()
+        }

@@ -4,7 +4,13 @@ Started by `Sandbox` as a fresh interpreter (`python -m services.validation.sand
 scrubbed environment, so its memory, which every child inherits, holds no gold answer, API key or
 anything else of the worker's: only the pre-imported modules and the programs it is running.
 It pre-imports the math stack once (numpy single-threaded), freezes the heap for cheap forks, sets
-up its namespaces (`isolation.py`), says hello, then serves requests over its stdin/stdout pipes.
+up its namespaces, minimal root, no_new_privs and seccomp filter once (`isolation.py`: a child
+inherits them all), says hello, then serves requests over its stdin/stdout pipes.
+
+Per program it keeps its own Python small and forks without CPython's after-fork hooks
+(`kernel.fork_without_handlers`; it reseeds `random` instead): after a fork, each page either side
+writes while the other shares it costs a copy-on-write fault, most of a program's CPU. It reaps
+with `wait4`: each child's CPU goes in its reply (`cpu_s`), the totals answer a `stats` request.
 
 For each program it creates an empty working directory and two pipes, forks, and in the parent
 only watches: output (read as it arrives, capped), the report pipe, a pidfd for the exit, and the
@@ -21,11 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib
 import os
-import selectors
+import random
+import resource
+import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +42,7 @@ from services.validation.sandbox import kernel, procfs
 from services.validation.sandbox.child import READY, ChildSpec, run_child
 from services.validation.sandbox.isolation import IsolationReport, setup_isolation
 from services.validation.sandbox.limits import SandboxLimits
-from services.validation.sandbox.preload import SCIENTIFIC_PRELOAD, THREAD_ENV
+from services.validation.sandbox.preload import SCIENTIFIC_PRELOAD, THREAD_ENV, preload
 from services.validation.sandbox.protocol import (
     FrameReader,
     ProtocolError,
@@ -42,6 +50,7 @@ from services.validation.sandbox.protocol import (
     split_request,
     write_all,
 )
+from services.validation.sandbox.requests import RequestCache
 
 _SHARED_UID = 65534
 _SWEEP_ROUNDS = 2000
@@ -67,6 +76,7 @@ class _Running:
     output_bytes: int = 0
     killed: str | None = None
     status: int | None = None
+    cpu_s: float = 0.0  # user + system CPU of the child, from wait4's rusage when it is reaped
 
 
 class ForkServer:
@@ -82,12 +92,21 @@ class ForkServer:
         self.free_slots = list(range(parallelism - 1, -1, -1))
         self.running: dict[int, _Running] = {}  # by pid
         self.reader = FrameReader(in_fd)
-        self.selector = selectors.DefaultSelector()
+        # epoll directly, not `selectors`: fewer objects touched (each a copy-on-write fault).
+        self.poller = select.epoll()
+        self.watched: dict[int, tuple[str, _Running | None]] = {}  # fd -> what it is
+        self.requests = RequestCache()  # parsed headers and rlimits, once per distinct set
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.seq = 0
         self.nproc_shared = self._shared_nproc_limit(parallelism)
         self.reading_requests = False
         self.mapped = 0
+        # Children's CPU as wait4 reports it when they are reaped (programs and strays alike).
+        self.children_cpu_s = 0.0
+        self.programs = 0
+        # Without other threads a child needs none of CPython's after-fork work (kernel.py).
+        self.fork = kernel.fork_without_handlers if threading.active_count() == 1 else os.fork
+        self.no_new_privs = kernel.prctl(kernel.PR_GET_NO_NEW_PRIVS) == 1  # children inherit it
 
     # --- setup helpers ---------------------------------------------------------------------
 
@@ -122,25 +141,35 @@ class ForkServer:
             live = [r.deadline for r in self.running.values() if r.killed is None]
             # Killed children are waited for by their pidfd; the short poll only reaps strays.
             timeout = max(0.0, min(live) - now) if live else (0.05 if self.running else None)
-            for key, _ in self.selector.select(timeout):
-                kind, run = key.data
-                if kind == "request":
+            # Resolved before any is handled: a handler may close an fd whose number a later one
+            # then reuses; a stale event still goes to its own (finished) program, which ignores it.
+            ready = [self.watched[fd] for fd, _ in self.poller.poll(-1 if timeout is None else timeout)]
+            for kind, owner in ready:
+                if owner is None:  # the request pipe
                     if not self._read_requests():
                         self.shutdown()
                         return
                 elif kind == "out":
-                    self._read_output(run)
+                    self._read_output(owner)
                 elif kind == "report":
-                    self._read_report(run)
+                    self._read_report(owner)
                 elif kind == "exit":
-                    self._on_exit(run)
+                    self._on_exit(owner)
             self._reap()
+
+    def _watch(self, fd: int, kind: str, run: _Running | None) -> None:
+        self.poller.register(fd, select.EPOLLIN)
+        self.watched[fd] = (kind, run)
+
+    def _unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.watched[fd]
 
     def _want_requests(self, want: bool) -> None:
         if want and not self.reading_requests:
-            self.selector.register(self.in_fd, selectors.EVENT_READ, ("request", None))
+            self._watch(self.in_fd, "request", None)
         elif not want and self.reading_requests:
-            self.selector.unregister(self.in_fd)
+            self._unwatch(self.in_fd)
         self.reading_requests = want
 
     def _read_requests(self) -> bool:
@@ -150,23 +179,26 @@ class ForkServer:
             if body is None:
                 return not self.reader.eof
             try:
-                header, program = split_request(body)
-            except (ProtocolError, ValueError) as exc:
+                req_id, raw_header, program = split_request(body)
+            except ProtocolError as exc:
                 self._send({"id": None, "error": f"bad request: {exc}"})
                 continue
-            req_id = int(header.get("id") or 0)
-            if header.get("op") == "ping":
+            try:
+                op, limits = self.requests.header(raw_header)
+            except (ProtocolError, TypeError, ValueError) as exc:
+                self._send({"id": req_id, "error": f"bad request header: {exc}"})
+                op, limits = None, None
+            if op == "ping":
                 self._send({"id": req_id, "pong": True, "running": len(self.running)})
-            else:
+            elif op == "stats":
+                self._send({"id": req_id, **self.stats()})
+            elif op is not None:
+                self._send({"id": req_id, "error": f"unknown op {str(op)[:50]!r}"})
+            elif limits is not None:  # else the header was bad: answered above
                 try:
-                    limits = SandboxLimits.from_wire(header.get("limits") or {})
-                except (TypeError, ValueError) as exc:
-                    self._send({"id": req_id, "error": f"bad limits: {exc}"})
-                else:
-                    try:
-                        self._start(req_id, limits, program)
-                    except OSError as exc:  # fork or pipe failed: the host's problem, not the program's
-                        self._send({"id": req_id, "error": f"could not start the program: {exc}"})
+                    self._start(req_id, limits, program)
+                except OSError as exc:  # fork or pipe failed: the host's problem, not the program's
+                    self._send({"id": req_id, "error": f"could not start the program: {exc}"})
             program[:] = bytes(len(program))  # zero the program text before the next fork
             program.release()
         self._want_requests(False)
@@ -176,7 +208,7 @@ class ForkServer:
         slot = self.free_slots[-1]
         uid = self._uid_for(slot)
         self.seq += 1
-        workdir = os.path.join(self.isolation.workdir_root or "/tmp", f"kpdd-sandbox-{self.pid}-{self.seq}")
+        workdir = f"{self.isolation.workdir_root or '/tmp'}/kpdd-sandbox-{self.pid}-{self.seq}"
         fds: list[int] = []
         try:
             os.mkdir(workdir, 0o700)
@@ -185,21 +217,30 @@ class ForkServer:
             fds += os.pipe2(os.O_CLOEXEC)
             fds += os.pipe2(os.O_CLOEXEC)
             out_r, out_w, rep_r, rep_w = fds
+            nproc_limit = limits.max_processes if self.isolation.per_program_uid else self.nproc_shared
+            mapped = self._mapped_bytes()
             spec = ChildSpec(
                 limits=limits,
                 workdir=workdir,
                 uid=uid,
-                nproc_limit=limits.max_processes if self.isolation.per_program_uid else self.nproc_shared,
+                nproc_limit=nproc_limit,
                 out_fd=out_w,
                 report_fd=rep_w,
                 devnull_fd=self.devnull,
                 server_pid=self.pid,
-                mapped_bytes=self._mapped_bytes(),
+                mapped_bytes=mapped,
                 drop_capabilities=not self.isolation.root,
                 signal_guard=not self.isolation.per_program_uid and self.isolation.seccomp,
+                set_no_new_privs=not self.no_new_privs,
+                workdir_bytes=workdir.encode(),
+                rlimits=self.requests.rlimits(limits, mapped, nproc_limit),
             )
+            if self.fork is not os.fork:
+                # What random's own after-fork hook would do in the child: a fresh seed per
+                # program. Done here, before the fork, so the child does not pay for it.
+                random.seed()
             started = time.monotonic()
-            pid = os.fork()
+            pid = self.fork()
         except OSError:
             for fd in fds:
                 os.close(fd)
@@ -219,9 +260,9 @@ class ForkServer:
             req_id, limits, slot, uid, workdir, pid, pidfd, out_r, rep_r, started, started + limits.timeout_s
         )
         self.running[pid] = run
-        self.selector.register(out_r, selectors.EVENT_READ, ("out", run))
-        self.selector.register(rep_r, selectors.EVENT_READ, ("report", run))
-        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", run))
+        self._watch(out_r, "out", run)
+        self._watch(rep_r, "report", run)
+        self._watch(pidfd, "exit", run)
 
     # --- watching a child ------------------------------------------------------------------
 
@@ -263,7 +304,7 @@ class ForkServer:
         fd = run.out_fd if which == "out" else run.report_fd
         if fd is None:
             return
-        self.selector.unregister(fd)
+        self._unwatch(fd)
         os.close(fd)
         if which == "out":
             run.out_fd = None
@@ -281,19 +322,24 @@ class ForkServer:
         """Collect every exited child: ours (status kept) and strays handed to us as subreaper."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            cpu = usage.ru_utime + usage.ru_stime
+            self.children_cpu_s += cpu
             run = self.running.get(pid)
             if run is not None:
                 run.status = status
+                run.cpu_s = cpu
 
     def _on_exit(self, run: _Running) -> None:
         if run.status is None:
             try:
-                _, run.status = os.waitpid(run.pid, 0)
+                _, run.status, usage = os.wait4(run.pid, 0)
+                run.cpu_s = usage.ru_utime + usage.ru_stime
+                self.children_cpu_s += run.cpu_s
             except ChildProcessError:
                 run.status = 0
         duration = time.monotonic() - run.started
@@ -306,7 +352,7 @@ class ForkServer:
             pass
         self._close_fd(run, "out")
         self._close_fd(run, "report")
-        self.selector.unregister(run.pidfd)
+        self._unwatch(run.pidfd)
         os.close(run.pidfd)
         del self.running[run.pid]
         procfs.remove_tree(run.workdir)
@@ -316,6 +362,7 @@ class ForkServer:
             "id": run.req_id,
             "killed": run.killed,
             "duration_s": round(duration, 6),
+            "cpu_s": round(run.cpu_s, 6),
             "output_bytes": run.output_bytes,
             "stdout": run.excerpt.decode("utf-8", "replace"),
             "stdout_truncated": run.output_bytes > len(run.excerpt),
@@ -331,6 +378,7 @@ class ForkServer:
             reply["exit_code"] = os.waitstatus_to_exitcode(run.status)
         run.excerpt[:] = bytes(len(run.excerpt))
         run.report[:] = bytes(len(run.report))
+        self.programs += 1
         self._send(reply)
         self.free_slots.append(run.slot)
         self._want_requests(True)
@@ -372,15 +420,16 @@ class ForkServer:
         root = self.isolation.workdir_root
         if not self.isolation.private_tmp:
             return  # the host's own /tmp: not ours to clean
-        active = {os.path.basename(r.workdir) for r in self.running.values()}
-        for name in os.listdir(root):
-            if name not in active:
-                path = os.path.join(root, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    procfs.remove_tree(path)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+        procfs.empty_dir(root, keep={os.path.basename(r.workdir) for r in self.running.values()})
+
+    def stats(self) -> dict[str, Any]:
+        """This server's own CPU and its children's (programs and their strays, as reaped)."""
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "server_cpu_s": round(own.ru_utime + own.ru_stime, 6),
+            "children_cpu_s": round(self.children_cpu_s, 6),
+            "programs": self.programs,
+        }
 
     # --- host side -------------------------------------------------------------------------
 
@@ -400,17 +449,6 @@ class ForkServer:
                     del self.running[run.pid]
                     procfs.remove_tree(run.workdir)
             time.sleep(0.001)
-
-
-def _preload(modules: list[str]) -> tuple[list[str], list[str]]:
-    loaded, failed = [], []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-            loaded.append(name)
-        except Exception as exc:  # a missing optional module must not stop the server
-            failed.append(f"{name}: {type(exc).__name__}: {exc}")
-    return loaded, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     # signal to kill every program and exit.
     os.environ.clear()  # the host already passes a minimal environment; keep exactly that much
     os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **THREAD_ENV})
-    loaded, failed = _preload([m for m in args.preload.split(",") if m])
+    loaded, failed = preload([m for m in args.preload.split(",") if m])
     isolation = setup_isolation(args.tmpfs_mb, args.run_as_uid)
     kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
     server = ForkServer(in_fd, out_fd, args.parallelism, isolation)
