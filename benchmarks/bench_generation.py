@@ -6,6 +6,7 @@ Each run gets a fresh database, so no run replays another's cached calls.
 
     .venv/bin/python -m benchmarks.bench_generation throughput [--problems 3000]
     .venv/bin/python -m benchmarks.bench_generation cpu [--problems 2000]
+    .venv/bin/python -m benchmarks.bench_generation profile [--problems 2000]
     .venv/bin/python -m benchmarks.bench_generation ratelimit [--rpm 600 --seconds 70]
     .venv/bin/python -m benchmarks.bench_generation scaling     # or: latency (its second half)
     .venv/bin/python -m benchmarks.bench_generation all
@@ -17,6 +18,9 @@ Each run gets a fresh database, so no run replays another's cached calls.
 - cpu: whole-system CPU-ms per validated rationale (workers, their sandbox programs, the
   simulator, Postgres, Redis) for CoT only, PoT only and both, distributed, then the embedded
   default (one process) for CoT and PoT; with rates.
+- profile: a CoT+PoT run with py-spy sampling every worker task process; the share of samples
+  by bucket (SQLAlchemy, psycopg, the HTTP client, sandbox round trips, ...) and the top
+  functions.
 - ratelimit: two workers under a shared limit of R requests/minute for over a minute, against a
   simulator enforcing the same R with 429s: achieved rate over R, and 429s seen.
 - scaling: the same job with 1 and 2 worker processes at zero latency; then with 2 s of
@@ -227,6 +231,7 @@ def distributed_run(
     chunk_size: int = 16,
     sampler: list[tuple[float, int]] | None = None,
     processes: int = 1,
+    profile_to: Path | None = None,
 ) -> RunResult:
     url = stack.fresh_database(problems)
     env = stack.env(url, threads)
@@ -244,6 +249,7 @@ def distributed_run(
             "postgres": _postmaster(stack),
             "redis": [stack.redis.proc.pid],  # type: ignore[union-attr]
         }
+        profilers = _start_profilers(procs, profile_to) if profile_to is not None else []
         before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         stats_before = sim_stats(sim)
         start = time.perf_counter()
@@ -266,6 +272,9 @@ def distributed_run(
         seconds = time.perf_counter() - start
         split = {name: cpu_seconds(pids) - before[name] for name, pids in groups.items()}
         stats = sim_stats(sim)
+        for profiler in profilers:  # py-spy writes its file on SIGINT
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
     total, valid = counts(url)
     dispose_engines()
     return RunResult(
@@ -278,6 +287,96 @@ def distributed_run(
         stats["rate_limited"] - stats_before["rate_limited"],
         split,
     )
+
+
+def _start_profilers(procs: list[subprocess.Popen[bytes]], out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy sampling every worker pool process (the task processes), collapsed stacks. Only
+    samples of the thread holding the GIL are kept (`--gil`): Python's CPU, not threads waiting
+    on a socket (C code that releases the GIL, such as libpq's, is not seen)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pool = [
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit()
+        and Path(f"/proc/{pid}/stat").exists()
+        and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) in {p.pid for p in procs}
+    ]
+    spy = Path(sys.executable).with_name("py-spy")
+    profilers = [
+        subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+             "--gil", "--output", str(out / f"pool-{pid}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pool
+    ]  # fmt: skip
+    time.sleep(1.0)  # attached
+    return profilers
+
+
+# Where a task process's CPU goes: a sample counts for a bucket when a frame of its stack matches.
+PROFILE_BUCKETS = {
+    "SQLAlchemy (build, compile, ORM)": ("sqlalchemy/",),
+    "psycopg (query handling)": ("psycopg/",),
+    "HTTP client (openai SDK, httpx, httpcore)": ("openai/", "httpx/", "httpcore/"),
+    "sandbox round trips (parent side)": ("services/validation/sandbox/",),
+    "parsing and answer matching": ("services/kpdd/", "services/validation/matching", "answers.py"),
+    "rationale upserts": ("upsert_rationales",),
+    "response cache lookups": ("find_replayable_call", "replayable_calls"),
+    "ledger writes (claim, settle)": ("claim_call", "settle_claimed", "settle_call"),
+    "closing problems": ("close_problems",),
+}
+
+
+def summarise_profile(folder: Path) -> None:
+    """Share of the task processes' samples per bucket (inclusive) and the top functions (self)."""
+    total = 0
+    buckets = dict.fromkeys(PROFILE_BUCKETS, 0)
+    own: dict[str, int] = {}
+    for path in sorted(folder.glob("pool-*.txt")):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            for name, needles in PROFILE_BUCKETS.items():
+                if any(needle in stack for needle in needles):
+                    buckets[name] += count
+            leaf = stack.rsplit(";", 1)[-1]
+            own[leaf] = own.get(leaf, 0) + count
+    if not total:
+        print("  profile: no samples (is py-spy installed in the venv?)")
+        return
+    print(f"  profile of the task processes: {total} samples")
+    for name, count in buckets.items():
+        print(f"    {100 * count / total:5.1f} %  {name}")
+    print("  top functions by own samples:")
+    for leaf, count in sorted(own.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {100 * count / total:5.1f} %  {leaf}")
+
+
+def bench_profile(stack: Stack, problems: int, processes: int) -> None:
+    """A distributed CoT+PoT run with py-spy on every task process, summarised by bucket."""
+    folder = stack.tmp / f"profile-{datetime.now(UTC):%H%M%S}"
+    print(
+        f"profile: {problems} problems x CoT+PoT, 2 workers x {processes} processes, "
+        "py-spy at 250 Hz on the thread holding the GIL"
+    )
+    run = distributed_run(
+        stack,
+        "kpdd under py-spy",
+        problems=problems,
+        modes=["cot", "pot"],
+        worker_count=2,
+        threads=16,
+        processes=processes,
+        profile_to=folder,
+    )
+    show(run)
+    summarise_profile(folder)
+    print(f"  collapsed stacks: {folder}")
 
 
 def _postmaster(stack: Stack) -> list[int]:
@@ -503,7 +602,9 @@ def bench_cpu(stack: Stack, problems: int, processes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("throughput", "cpu", "ratelimit", "scaling", "latency", "all"))
+    parser.add_argument(
+        "which", choices=("throughput", "cpu", "profile", "ratelimit", "scaling", "latency", "all")
+    )
     parser.add_argument("--problems", type=int, default=3000)
     parser.add_argument("--baseline-problems", type=int, default=150)
     parser.add_argument("--processes", type=int, default=2, help="processes per worker (throughput)")
@@ -520,6 +621,8 @@ def main() -> None:
             bench_throughput(stack, args.problems, args.baseline_problems, args.processes)
         if args.which in ("cpu", "all"):
             bench_cpu(stack, args.problems, args.processes)
+        if args.which == "profile":
+            bench_profile(stack, args.problems, args.processes)
         if args.which in ("ratelimit", "all"):
             bench_ratelimit(stack, args.rpm, args.seconds)
         if args.which in ("scaling", "latency", "all"):

@@ -7,6 +7,7 @@ never cross a fork), keyed by URL so tests can point at several databases.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,19 @@ def get_engine(url: str, pool_size: int | None = None) -> Engine:
         options = {} if pool_size is None or url.startswith("sqlite") else {"pool_size": pool_size}
         engine = _engines[key] = make_engine(url, **options)
     return engine
+
+
+_autocommit: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def autocommit(engine: Engine) -> Engine:
+    """`engine` (same pool) with each statement its own transaction: no BEGIN and no COMMIT or
+    ROLLBACK round trips. For a unit of work that is one statement (an upsert, a read) run many
+    times a second; several statements that must hold together need `engine.begin()`."""
+    option = _autocommit.get(engine)
+    if option is None:
+        option = _autocommit[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return option
 
 
 def dispose_engines() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Connection, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, GenerationJob, JobFailure, JobProblem
@@ -108,7 +108,7 @@ def fail_job(session: Session, job_id: int, kind: str, message: str, reason: str
     return failed
 
 
-def system_failure_reason(session: Session, job_id: int, total: int) -> str | None:
+def system_failure_reason(session: Session | Connection, job_id: int, total: int) -> str | None:
     """Why a job whose work is over ends `failed`: its problems that failed for a system kind, by
     kind, with a message of the commonest kind. None when there are none."""
     rows = session.execute(

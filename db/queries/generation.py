@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, and_, func, insert, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+import orjson
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Select,
+    Table,
+    TextClause,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from db.models import GenerationJob, JobProblem, JobRationale, Problem, Rationale
 from db.queries.failures import system_failure_reason
+
+# Core tables, for statements that need no ORM object loaded or kept in step.
+JOBS_TABLE = cast(Table, GenerationJob.__table__)
+JOB_PROBLEMS_TABLE = cast(Table, JobProblem.__table__)
 
 
 def _rowcount(result: object) -> int:
@@ -66,35 +84,40 @@ def chunk_problems(session: Session, job_id: int, chunk: int) -> list[tuple[int,
 
 
 def set_problem_states(
-    session: Session, job_id: int, states: dict[int, tuple[str, str | None, str | None]]
+    session: Session | Connection, job_id: int, states: dict[int, tuple[str, str | None, str | None]]
 ) -> None:
-    """Move pending problems to a state with an optional (error kind, message), one UPDATE per
-    distinct outcome. Only pending rows move: a problem already terminal (a redelivered chunk
-    finished it) keeps its state."""
-    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
-    for problem_id, outcome in states.items():
-        groups.setdefault(outcome, []).append(problem_id)
-    for (state, kind, message), problem_ids in groups.items():
-        session.execute(
-            update(JobProblem)
-            .where(
-                JobProblem.job_id == job_id,
-                JobProblem.problem_id.in_(problem_ids),
-                JobProblem.state == "pending",
-            )
-            .values(state=state, error_kind=kind, error_message=message)
-        )
+    """Move pending problems to a state with an optional (error kind, message), in one UPDATE
+    for any number of problems and outcomes. Only pending rows move: a problem already terminal
+    (a redelivered chunk finished it) keeps its state."""
+    if not states:
+        return
+    rows = [
+        {"problem_id": problem_id, "state": state, "error_kind": kind, "error_message": message}
+        for problem_id, (state, kind, message) in states.items()
+    ]
+    dialect = _dialect(session)
+    if dialect == "postgresql":
+        params: Any = {"job_id": job_id, "rows": _json_rows(dialect, rows)}
+    else:  # an executemany (no round trips on SQLite): a join would scan the job's pending rows
+        params = [row | {"job_id": job_id} for row in rows]
+    session.execute(_statement(dialect, "set_problem_states"), params)
 
 
-def count_attempt(session: Session, job_id: int, problem_ids: Sequence[int]) -> None:
-    session.execute(
-        update(JobProblem)
-        .where(JobProblem.job_id == job_id, JobProblem.problem_id.in_(problem_ids))
-        .values(attempts=JobProblem.attempts + 1)
+_COUNT_ATTEMPT = (
+    update(JOB_PROBLEMS_TABLE)  # this starts every chunk
+    .where(
+        JOB_PROBLEMS_TABLE.c.job_id == bindparam("of_job"),  # a column's name would add a SET
+        JOB_PROBLEMS_TABLE.c.problem_id.in_(bindparam("problem_ids", expanding=True)),
     )
+    .values(attempts=JOB_PROBLEMS_TABLE.c.attempts + 1)
+)
 
 
-def stop_pending(session: Session, job_id: int, state: str, reason: str) -> int:
+def count_attempt(session: Session | Connection, job_id: int, problem_ids: Sequence[int]) -> None:
+    session.execute(_COUNT_ATTEMPT, {"of_job": job_id, "problem_ids": list(problem_ids)})
+
+
+def stop_pending(session: Session | Connection, job_id: int, state: str, reason: str) -> int:
     """Move every pending problem of the job to a terminal `state` (cancelled, budget)."""
     result = session.execute(
         update(JobProblem)
@@ -220,27 +243,179 @@ def existing_rationales(
 
 
 _IDENTITY = ["problem_id", "provider", "model", "mode", "prompt_version", "sample_index", "options_key"]
+# The columns a rationale is written with, and their Postgres types in the row set. `json`: a
+# JSON column, sent as its JSON text (None as JSON null, as SQLAlchemy's JSON type stores it).
+_RATIONALE_COLUMNS = {
+    "problem_id": "bigint",
+    "job_id": "bigint",
+    "provider": "text",
+    "model": "text",
+    "mode": "text",
+    "stage_mode": "text",
+    "prompt_version": "text",
+    "sample_index": "integer",
+    "options_key": "text",
+    "core_question": "text",
+    "solving_info": "json",
+    "solution_text": "text",
+    "final_answer_text": "text",
+    "program": "text",
+    "answer": "text",
+    "verdict": "text",
+    "verdict_kind": "text",
+    "judged_by": "text",
+    "verdict_details": "json",
+    "call_ids": "json",
+    "cost_usd": "numeric",
+    "tokens_in": "integer",
+    "tokens_out": "integer",
+}
+_JSON_COLUMNS = [c for c, kind in _RATIONALE_COLUMNS.items() if kind == "json"]
+_statements: dict[tuple[str, str], TextClause] = {}
 
 
-def upsert_rationales(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+def _rowset(dialect: str, columns: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The FROM clause over the JSON array of row objects bound as `:rows`, and the SQL of each
+    column read from it: `jsonb_to_recordset` on Postgres, `json_each` on SQLite."""
+    if dialect == "postgresql":
+        declared = ", ".join(f"{c} {'text' if kind == 'json' else kind}" for c, kind in columns.items())
+        source = f"jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({declared})"
+        return source, {
+            c: f"CAST(r.{c} AS jsonb)" if kind == "json" else f"r.{c}" for c, kind in columns.items()
+        }
+    return "json_each(:rows) AS r", {c: f"json_extract(r.value, '$.{c}')" for c in columns}
+
+
+def _statement(dialect: str, name: str) -> TextClause:
+    """The statement `name` for `dialect`, built once per process: one text statement whose SQL
+    does not depend on how many rows it writes (all of them travel in one JSON parameter), so
+    SQLAlchemy compiles it once and psycopg prepares it."""
+    key = (dialect, name)
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = text(_SQL[name](dialect))
+    return statement
+
+
+def _upsert_rationales_sql(dialect: str) -> str:
+    source, read = _rowset(dialect, _RATIONALE_COLUMNS)
+    names = list(_RATIONALE_COLUMNS)
+    updates = [f"{c} = excluded.{c}" for c in names if c not in (*_IDENTITY, "job_id")]
+    # SQLite needs a WHERE to tell the upsert's ON CONFLICT from a join constraint.
+    return (
+        f"INSERT INTO rationales ({', '.join(names)}) SELECT {', '.join(read[c] for c in names)} "
+        f"FROM {source} WHERE true ON CONFLICT ({', '.join(_IDENTITY)}) DO UPDATE SET "
+        f"{', '.join(updates)}, updated_at = CURRENT_TIMESTAMP RETURNING id, {', '.join(_IDENTITY)}"
+    )
+
+
+def _record_produced_sql(dialect: str) -> str:
+    source, read = _rowset(dialect, {"rationale_id": "bigint", "verdict": "text"})
+    return (
+        "INSERT INTO job_rationales (job_id, rationale_id, reused, verdict) "
+        f"SELECT :job_id, {read['rationale_id']}, false, {read['verdict']} FROM {source} WHERE true "
+        "ON CONFLICT (job_id, rationale_id) DO UPDATE SET reused = false, verdict = excluded.verdict"
+    )
+
+
+def _set_problem_states_sql(dialect: str) -> str:
+    if dialect != "postgresql":
+        return (
+            "UPDATE job_problems SET state = :state, error_kind = :error_kind, error_message = "
+            ":error_message WHERE job_id = :job_id AND problem_id = :problem_id AND state = 'pending'"
+        )
+    columns = {"problem_id": "bigint", "state": "text", "error_kind": "text", "error_message": "text"}
+    source, read = _rowset(dialect, columns)
+    return (
+        f"UPDATE job_problems SET state = {read['state']}, error_kind = {read['error_kind']}, "
+        f"error_message = {read['error_message']} FROM {source} WHERE job_problems.job_id = :job_id "
+        f"AND job_problems.problem_id = {read['problem_id']} AND job_problems.state = 'pending'"
+    )
+
+
+_SQL = {
+    "upsert_rationales": _upsert_rationales_sql,
+    "record_produced": _record_produced_sql,
+    "set_problem_states": _set_problem_states_sql,
+}
+
+
+def _json_rows(dialect: str, rows: list[dict[str, Any]]) -> str:
+    """`rows` as one JSON array: money as text on Postgres (exact) and as a float on SQLite (as
+    SQLAlchemy's Numeric binds it there)."""
+    money: Any = str if dialect == "postgresql" else float
+
+    def default(value: object) -> object:
+        if isinstance(value, Decimal):
+            return money(value)
+        raise TypeError(f"not JSON: {type(value).__name__}")
+
+    return orjson.dumps(rows, default=default).decode()
+
+
+def _dialect(session: Session | Connection) -> str:
+    bind = session.get_bind() if isinstance(session, Session) else session
+    return bind.dialect.name
+
+
+def upsert_rationales(session: Session | Connection, rows: list[dict[str, Any]]) -> list[int]:
     """Insert rationales; one that exists (same identity) is updated in place, keeping its id,
     its creation time and the job that first produced it. Idempotent under redelivery. Returns
-    the rationales' ids, in the order of `rows`."""
+    the rationales' ids, in the order of `rows`. One statement for any number of rows; a row
+    names the columns of `_RATIONALE_COLUMNS` (one it lacks is NULL; `options_key` '')."""
     if not rows:
         return []
-    dialect = session.get_bind().dialect.name
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(Rationale).values(rows)
-    updatable = [c for c in rows[0] if c not in (*_IDENTITY, "job_id")]
-    upsert = stmt.on_conflict_do_update(
-        index_elements=_IDENTITY,
-        set_={c: getattr(stmt.excluded, c) for c in updatable} | {"updated_at": func.now()},
-    ).returning(Rationale.id, *(getattr(Rationale, c) for c in _IDENTITY))
-    # RETURNING does not promise the order of VALUES: match the ids back by identity.
-    ids = {tuple(row[1:]): int(row[0]) for row in session.execute(upsert)}
-    return [ids[tuple(row.get(c, "") if c == "options_key" else row[c] for c in _IDENTITY)] for row in rows]
+    dialect = _dialect(session)
+    sent = []
+    for row in rows:
+        values = {c: row.get(c) for c in _RATIONALE_COLUMNS}
+        values["options_key"] = row.get("options_key", "")
+        for column in _JSON_COLUMNS:
+            values[column] = json.dumps(values[column])
+        sent.append(values)
+    result = session.execute(_statement(dialect, "upsert_rationales"), {"rows": _json_rows(dialect, sent)})
+    # RETURNING does not promise the order of the rows: match the ids back by identity.
+    ids = {tuple(row[1:]): int(row[0]) for row in result}
+    return [ids[tuple(row[c] for c in _IDENTITY)] for row in sent]
 
 
-def finish_if_done(session: Session, job_id: int) -> str | None:
+def record_produced(
+    session: Session | Connection, job_id: int, rationale_ids: Sequence[int], verdicts: Sequence[str]
+) -> None:
+    """The job produced (or asked again) these rationales, with these verdicts: recorded as its
+    own (`reused` false), replacing an earlier record of the same rationale by the same job. One
+    statement for any number of rows (see `upsert_rationales`)."""
+    if not rationale_ids:
+        return
+    # One row per rationale in a statement (Postgres refuses to update a row twice in one).
+    latest = dict(zip(rationale_ids, verdicts, strict=True))
+    rows = [{"rationale_id": rid, "verdict": verdict} for rid, verdict in latest.items()]
+    dialect = _dialect(session)
+    session.execute(
+        _statement(dialect, "record_produced"), {"job_id": job_id, "rows": _json_rows(dialect, rows)}
+    )
+
+
+# The job row, locked until the transaction ends: chunks that end at the same time close the
+# job one after the other, so the last one sees every other's problems terminal.
+_LOCK_JOB = (
+    select(GenerationJob.status, GenerationJob.total_problems)
+    .where(GenerationJob.id == bindparam("job_id"))
+    .with_for_update()
+)
+_ANY_IN_STATE = (
+    select(JobProblem.problem_id)
+    .where(JobProblem.job_id == bindparam("job_id"), JobProblem.state == bindparam("state"))
+    .limit(1)
+)
+_CLOSE_JOB = (
+    update(JOBS_TABLE)
+    .where(JOBS_TABLE.c.id == bindparam("job_id"))
+    .values(status=bindparam("status"), finished_at=bindparam("finished_at"))
+)
+
+
+def finish_if_done(session: Session | Connection, job_id: int) -> str | None:
     """Close the job when no problem is pending: its final status, or None while work remains.
 
     The rule: `budget_exhausted` when the budget stopped a problem; else `failed` when a problem
@@ -248,20 +423,14 @@ def finish_if_done(session: Session, job_id: int) -> str | None:
     attempt cap), with a reason naming the kinds; else `completed`. A teacher call that failed
     after its retries (`server`, `auth`, `timeout`, ...) fails its problem but not the job: such
     failures are data, counted by kind in `kpdd status`."""
-    job = session.get(GenerationJob, job_id, with_for_update=True)
+    job = session.execute(_LOCK_JOB, {"job_id": job_id}).first()
     if job is None or job.status in ("completed", "cancelled", "budget_exhausted", "failed"):
-        return None if job is None else job.status
-    pending = session.scalar(
-        select(func.count()).where(and_(JobProblem.job_id == job_id, JobProblem.state == "pending"))
-    )
-    if pending:
+        return None if job is None else str(job.status)
+    if session.execute(_ANY_IN_STATE, {"job_id": job_id, "state": "pending"}).first() is not None:
         return None
-    budget_hit = session.scalar(
-        select(func.count()).where(JobProblem.job_id == job_id, JobProblem.state == "budget")
-    )
+    budget_hit = session.execute(_ANY_IN_STATE, {"job_id": job_id, "state": "budget"}).first() is not None
     reason = None if budget_hit else system_failure_reason(session, job_id, job.total_problems)
-    job.status = "budget_exhausted" if budget_hit else "failed" if reason else "completed"
-    if reason:
-        job.stop_reason = reason
-    job.finished_at = datetime.now(UTC)
-    return job.status
+    status = "budget_exhausted" if budget_hit else "failed" if reason else "completed"
+    close = _CLOSE_JOB.values(stop_reason=reason) if reason else _CLOSE_JOB
+    session.execute(close, {"job_id": job_id, "status": status, "finished_at": datetime.now(UTC)})
+    return status

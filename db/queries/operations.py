@@ -259,28 +259,6 @@ def add_job_failure(
 # --- the rationales of a job ------------------------------------------------------------------
 
 
-def record_produced(
-    session: Session, job_id: int, rationale_ids: Sequence[int], verdicts: Sequence[str]
-) -> None:
-    """The job produced (or asked again) these rationales, with these verdicts: recorded as its
-    own (`reused` false), replacing an earlier record of the same rationale by the same job."""
-    if not rationale_ids:
-        return
-    values = [
-        {"job_id": job_id, "rationale_id": rid, "reused": False, "verdict": verdict}
-        for rid, verdict in zip(rationale_ids, verdicts, strict=True)
-    ]
-    # One row per rationale in a statement (Postgres refuses to update a row twice in one).
-    values = list({v["rationale_id"]: v for v in values}.values())
-    stmt = _insert(session)(JobRationale).values(values)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["job_id", "rationale_id"],
-            set_={"reused": False, "verdict": stmt.excluded.verdict},
-        )
-    )
-
-
 def record_reused(
     session: Session,
     job_id: int,

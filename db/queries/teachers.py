@@ -14,12 +14,14 @@ leave one row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, bindparam, case, func, select, text
+import orjson
+from sqlalchemy import Connection, TextClause, TextualSelect, bindparam, case, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import REPLAYABLE_STATUSES, TeacherCall
@@ -84,6 +86,40 @@ def find_replayable_call(session: Session | Connection, fingerprint: str) -> Sto
         )
     ).first()
     return None if row is None else StoredCall(*row)
+
+
+_REPLAYABLE_IN = {
+    # One statement shape for any number of fingerprints: an array on Postgres, a JSON array on
+    # SQLite. Result columns typed like the table's (money comes back as Decimal on both).
+    "postgresql": "fingerprint = ANY(:fingerprints)",
+    "sqlite": "fingerprint IN (SELECT value FROM json_each(:fingerprints))",
+}
+_replayable_statements: dict[str, TextualSelect] = {}
+
+
+def _replayable_statement(dialect: str) -> TextualSelect:
+    statement = _replayable_statements.get(dialect)
+    if statement is None:
+        paid = ", ".join(f"'{s}'" for s in REPLAYABLE_STATUSES)
+        sql = (
+            f"SELECT {', '.join(c.name for c in _STORED_COLUMNS)} FROM teacher_calls "
+            f"WHERE {_REPLAYABLE_IN[dialect]} AND status IN ({paid})"
+        )
+        statement = _replayable_statements[dialect] = text(sql).columns(*_STORED_COLUMNS)
+    return statement
+
+
+def find_replayable_calls(
+    session: Session | Connection, fingerprints: Sequence[str]
+) -> dict[str, StoredCall]:
+    """`find_replayable_call` for many fingerprints in one query: fingerprint -> the stored paid
+    response, for those that have one."""
+    if not fingerprints:
+        return {}
+    dialect = _dialect(session)
+    values: Any = list(fingerprints) if dialect == "postgresql" else orjson.dumps(list(fingerprints)).decode()
+    rows = session.execute(_replayable_statement(dialect), {"fingerprints": values})
+    return {call.fingerprint: call for call in (StoredCall(*row) for row in rows)}
 
 
 def call_upsert_statement(attempts: str, where: str) -> TextClause:
@@ -299,6 +335,7 @@ __all__ = [
     "TeacherCostSummary",
     "count_calls",
     "find_replayable_call",
+    "find_replayable_calls",
     "ledger_spend",
     "recent_output_tokens",
     "record_call",

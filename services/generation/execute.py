@@ -48,24 +48,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, GenerationJob, Problem, Rationale
 from db.nul import escape_nul_json
 from db.queries.batches import mark_chunk_waiting, set_chunks_waiting
 from db.queries.generation import (
+    JOBS_TABLE,
     chunk_problems,
     count_attempt,
     existing_rationales,
     finish_if_done,
     upsert_rationales,
 )
+from db.queries.teachers import StoredCall
 from services.generation.budget import BudgetPolicy, ask_within_budget
 from services.generation.chunks import hold_chunk
 from services.generation.failures import cap_attempts, close_problems, guarded, may_write, was_stopped
@@ -86,7 +88,14 @@ from services.kpdd.prompts import prompt_set_version
 from services.kpdd.records import KeyPoints, ParseFailure
 from services.teachers.base import TeacherClient
 from services.teachers.batching import BATCH_SCOPE, BatchScope
-from services.teachers.rationale import CallFailure, RationaleOutcome, RationaleWork, produce_rationale
+from services.teachers.calls import PREFETCHED
+from services.teachers.rationale import (
+    CallFailure,
+    RationaleOutcome,
+    RationaleWork,
+    prefetch_first_calls,
+    produce_rationale,
+)
 from services.teachers.spec import TeacherSpec, parse_spec
 from services.validation.consensus import (
     Consensus,
@@ -100,6 +109,18 @@ from services.validation.sandbox import ExecutionKind, ExecutionResult, Sandbox
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[TeacherSpec], TeacherClient]
+Prefetched = Mapping[str, StoredCall | None] | None  # services.teachers.calls.PREFETCHED
+
+
+_JOB_VIEW_COLUMNS = "id status teachers modes stage_mode samples until_valid max_attempts budget_usd params"
+_JOB_VIEW = select(*(getattr(GenerationJob, name) for name in _JOB_VIEW_COLUMNS.split())).where(
+    GenerationJob.id == bindparam("job_id")
+)
+_START_JOB = (
+    update(JOBS_TABLE)
+    .where(JOBS_TABLE.c.id == bindparam("job_id"), JOBS_TABLE.c.status == "queued")
+    .values(status="running", started_at=bindparam("started_at"))
+)
 
 
 class Generator:
@@ -200,7 +221,8 @@ class Generator:
         waiting: set[int] = set()  # problems with a request in a provider batch
         round_no = 0
         scope = BatchScope(job_id, chunk)
-        ask = guarded(self.engine, job_id, lambda item: self._ask(job, item, scope))  # no call once it ended
+        # No call once the job has ended (`guarded`).
+        ask = guarded(self.engine, job_id, lambda asked: self._ask(job, asked[0], asked[1], scope))
         while True:
             items = [
                 WorkItem(problem, teacher, mode, index)
@@ -213,7 +235,9 @@ class Generator:
             if not items or self._stopped(job_id):
                 break
             round_no += 1
-            results = list(self._pool.map(ask, items))
+            # The cache's answers for the whole round in one query, handed to the pool threads.
+            prefetched = None if job.refresh else self._prefetch(job, items)
+            results = list(self._pool.map(ask, [(item, prefetched) for item in items]))
             self._judge(results, problems)
             rows = []
             for result in results:
@@ -244,11 +268,11 @@ class Generator:
                 report.cached_calls += result.outcome.cached_calls
                 if isinstance(result.outcome.result, CallFailure):
                     failures[item.problem.id] = (result.outcome.result.kind, result.outcome.result.message)
-            with Session(self.engine) as session, session.begin():
-                if not may_write(session, job_id):  # cancelled: calls in flight are in the ledger only
+            with self.engine.begin() as conn:  # one statement per kind of write, whatever the rows
+                if not may_write(conn, job_id):  # cancelled: calls in flight are in the ledger only
                     break
-                ids = upsert_rationales(session, [escape_nul_json(row) for row in rows])
-                record_produced(session, job_id, ids, [row["verdict"] for row in rows])  # job figures
+                ids = upsert_rationales(conn, [escape_nul_json(row) for row in rows])
+                record_produced(conn, job_id, ids, [row["verdict"] for row in rows])  # job figures
             log.debug("job %s chunk %s round %s: %d rationales", job_id, chunk, round_no, len(rows))
         if waiting - budget_hit:
             with Session(self.engine) as session, session.begin():
@@ -261,16 +285,12 @@ class Generator:
     # --- steps -------------------------------------------------------------------------------
 
     def _start(self, job_id: int) -> JobView | None:
-        with Session(self.engine) as session, session.begin():
-            row = session.get(GenerationJob, job_id)
+        with self.engine.begin() as conn:  # Core: the columns the chunk needs, no ORM object
+            row = conn.execute(_JOB_VIEW, {"job_id": job_id}).first()
             if row is None or row.status in JOB_TERMINAL_STATUSES:
                 return None
             if row.status == "queued":
-                session.execute(
-                    update(GenerationJob)
-                    .where(GenerationJob.id == job_id, GenerationJob.status == "queued")
-                    .values(status="running", started_at=datetime.now(UTC))
-                )
+                conn.execute(_START_JOB, {"job_id": job_id, "started_at": datetime.now(UTC)})
             return JobView(
                 id=row.id,
                 teachers=[parse_spec(t["spec"]) for t in row.teachers],
@@ -315,16 +335,23 @@ class Generator:
                         slots[(problem_id, teacher.label, mode)].verdicts.update(verdicts)
         return slots
 
-    def _ask(self, job: JobView, item: WorkItem, scope: BatchScope) -> ItemResult:
+    def _ask(self, job: JobView, item: WorkItem, prefetched: Prefetched, scope: BatchScope) -> ItemResult:
         client = self.client(item.teacher)
         token = BATCH_SCOPE.set(scope)  # in this pool thread: batch teachers queue their requests
+        known = PREFETCHED.set(prefetched)
         try:
             return self._ask_in_scope(job, item, client)
         finally:
+            PREFETCHED.reset(known)
             BATCH_SCOPE.reset(token)
 
-    def _ask_in_scope(self, job: JobView, item: WorkItem, client: TeacherClient) -> ItemResult:
-        work = RationaleWork(
+    def _prefetch(self, job: JobView, items: list[WorkItem]) -> Prefetched:
+        asks = [(self.client(item.teacher), self._work(job, item)) for item in items]
+        return prefetch_first_calls(self.engine, asks)
+
+    @staticmethod
+    def _work(job: JobView, item: WorkItem) -> RationaleWork:
+        return RationaleWork(
             question=item.problem.question,
             mode=item.mode,  # type: ignore[arg-type]
             stage_mode=job.stage_mode,  # type: ignore[arg-type]
@@ -332,6 +359,9 @@ class Generator:
             problem_id=item.problem.id,
             refresh=job.refresh,
         )
+
+    def _ask_in_scope(self, job: JobView, item: WorkItem, client: TeacherClient) -> ItemResult:
+        work = self._work(job, item)
         if not job.budgeted or item.teacher.options.batch:  # a batch is held in full when sent
             return ItemResult(item, produce_rationale(self.engine, client, work))
         return ItemResult(item, ask_within_budget(self.engine, job.id, client, work, self.budget_policy))

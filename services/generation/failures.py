@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from db.models import JOB_TERMINAL_STATUSES, GenerationJob
@@ -66,7 +66,13 @@ from db.queries.failures import (
     last_failure,
     over_attempt_cap,
 )
-from db.queries.generation import chunk_problems, finish_if_done, set_problem_states, stop_pending
+from db.queries.generation import (
+    JOBS_TABLE,
+    chunk_problems,
+    finish_if_done,
+    set_problem_states,
+    stop_pending,
+)
 from db.queries.operations import add_job_failure
 from services.config import get_settings
 from services.errors import BadInputError, ConfigError
@@ -302,23 +308,32 @@ def close_problems(
             states[problem_id] = ("failed", kind, safe_message(message))
         else:
             states[problem_id] = ("done", None, None)
-    with Session(engine) as session, session.begin():
-        set_problem_states(session, job_id, states)
+    with engine.begin() as conn:  # Core statements only: this ends every chunk
+        set_problem_states(conn, job_id, states)
         if budget_hit:
-            stop_for_budget(session, job_id)
-        finish_if_done(session, job_id)
+            stop_for_budget(conn, job_id)
+        finish_if_done(conn, job_id)
 
 
-def stop_for_budget(session: Session, job_id: int) -> None:
+def stop_for_budget(session: Session | Connection, job_id: int) -> None:
     """End the job `budget_exhausted`: its pending problems become `budget`."""
-    job = session.get(GenerationJob, job_id, with_for_update=True)
+    job = session.execute(
+        select(GenerationJob.status, GenerationJob.budget_usd, GenerationJob.spent_usd)
+        .where(GenerationJob.id == job_id)
+        .with_for_update()
+    ).first()
     if job is not None and job.status not in JOB_TERMINAL_STATUSES:
         stop_pending(session, job_id, "budget", "the job's budget ran out")
-        job.status = "budget_exhausted"
-        job.stop_reason = (
-            f"budget of ${job.budget_usd} reached (spent ${job.spent_usd}); no further calls were issued"
+        session.execute(
+            update(JOBS_TABLE)
+            .where(JOBS_TABLE.c.id == job_id)
+            .values(
+                status="budget_exhausted",
+                stop_reason=f"budget of ${job.budget_usd} reached (spent ${job.spent_usd}); "
+                "no further calls were issued",
+                finished_at=datetime.now(UTC),
+            )
         )
-        job.finished_at = datetime.now(UTC)
 
 
 # --- retries -----------------------------------------------------------------------------------
@@ -432,13 +447,16 @@ def was_stopped(outcome: RationaleOutcome) -> bool:
     return isinstance(outcome.result, CallFailure) and outcome.result.kind == STOPPED
 
 
-def may_write(session: Session, job_id: int) -> bool:
+_JOB_STATUS = select(GenerationJob.status).where(GenerationJob.id == bindparam("job_id"))
+_JOB_STATUS_SHARED = _JOB_STATUS.with_for_update(read=True)
+
+
+def may_write(session: Session | Connection, job_id: int) -> bool:
     """Whether the job's rationales may still be written, read under a share lock on the job row
     in the writing transaction (module doc): False once it is cancelled or gone."""
-    query = select(GenerationJob.status).where(GenerationJob.id == job_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    status = session.scalar(query)
+    bind = session.get_bind() if isinstance(session, Session) else session
+    query = _JOB_STATUS_SHARED if bind.dialect.name == "postgresql" else _JOB_STATUS
+    status = session.execute(query, {"job_id": job_id}).scalar()
     return status is not None and status != "cancelled"
 
 

@@ -28,7 +28,8 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from db.queries.operations import record_produced, record_reused
+from db.queries.generation import record_produced
+from db.queries.operations import record_reused
 from services.generation.params import teacher_options_key
 from services.kpdd.prompts import prompt_set_version
 from services.teachers.spec import TeacherSpec

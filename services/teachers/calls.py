@@ -40,8 +40,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -50,6 +51,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from db.engine import autocommit
 from db.nul import escape_nul, escape_nul_json, unescape_nul
 from db.queries.cache import replace_call
 from db.queries.claims import (
@@ -157,6 +159,13 @@ class CallRecord:
         }
 
 
+# fingerprint -> the stored paid response (None: none) for requests looked up ahead, in one query
+# (`services.teachers.rationale.prefetch_first_calls`); set in the calling thread. A request found
+# without one is claimed at once: a response stored meanwhile makes the claim fail, and the
+# caller waits, looks again and replays, so nothing is paid twice.
+PREFETCHED: ContextVar[Mapping[str, StoredCall | None] | None] = ContextVar("kpdd_prefetched", default=None)
+
+
 def cached_call(
     engine: Engine,
     client: TeacherClient,
@@ -173,21 +182,28 @@ def cached_call(
     (same row and id; a failed refresh keeps the stored one: `db.queries.cache.replace_call`)."""
     fingerprint = fingerprint_of(client, request)
     holder = holder_id()
+    prefetched = PREFETCHED.get()
     with _asking(fingerprint):
         claim_id = 0
         waited = False  # a refresh that waited for another caller's refresh replays its outcome
         orphan: str | None = None
         while True:
-            # Plain connections, not ORM sessions: this runs around every teacher call.
-            with engine.connect() as conn:
-                stored = None if refresh and not waited else find_replayable_call(conn, fingerprint)
+            if refresh and not waited:
+                stored = None
+            elif prefetched is not None and fingerprint in prefetched:
+                stored = prefetched[fingerprint]  # looked up with its round (`prefetch_replayable`)
+                prefetched = None  # once: a second pass (after a wait) looks again
+            else:
+                # Plain connections, not ORM sessions: this runs around every teacher call.
+                with autocommit(engine).connect() as conn:
+                    stored = find_replayable_call(conn, fingerprint)
             if stored is not None:
                 return replayed(stored, request.prompt.stage)
             intent = _intent(client, request, fingerprint, problem_id)
             if batched(client):  # a batch teacher inside a chunk: queued for a provider batch
                 return defer_to_batch(engine, client, request, fingerprint, asdict(intent), problem_id)
             estimate = _estimated_cost(engine, client, request)
-            with engine.begin() as conn:
+            with autocommit(engine).connect() as conn:  # one statement
                 taken = claim_call(
                     conn,
                     intent,
@@ -240,13 +256,15 @@ def _settle(
 ) -> CallRecord:
     """Write the call's outcome over its claim (module doc) and return its record."""
     row = _row(client, request, fingerprint, result, problem_id)
-    with engine.begin() as conn:
+    with autocommit(engine).connect() as conn:  # one statement, in the common case
         call_id = settle_claimed(conn, row, holder)
-        if call_id is None and refresh:  # the claim kept a stored response: refresh rules
-            call_id, _written = replace_call(conn, row)
-            release_claim(conn, fingerprint, holder)
-        elif call_id is None:  # the claim was lost meanwhile (module doc of db.queries.teachers)
-            call_id, _written = settle_call(conn, row, holder)
+    if call_id is None:  # nothing written: the other cases take several statements, together
+        with engine.begin() as conn:
+            if refresh:  # the claim kept a stored response: refresh rules
+                call_id, _written = replace_call(conn, row)
+                release_claim(conn, fingerprint, holder)
+            else:  # the claim was lost meanwhile (module doc of db.queries.teachers)
+                call_id, _written = settle_call(conn, row, holder)
     return CallRecord(
         call_id=call_id,
         fingerprint=fingerprint,
@@ -312,7 +330,7 @@ def _wait_for_claim(engine: Engine, fingerprint: str) -> tuple[bool, str | None]
     pause = CLAIM_POLL_FIRST_S
     waited = False
     while True:
-        with engine.connect() as conn:
+        with autocommit(engine).connect() as conn:
             state = claim_state(conn, fingerprint)
         if state is None or not state.live:
             if not waited:
@@ -392,7 +410,7 @@ _LATER = _LaterSettles()
 
 def _abandon(engine: Engine, fingerprint: str, holder: str) -> None:
     try:
-        with engine.begin() as conn:
+        with autocommit(engine).connect() as conn:
             abandon_claim(conn, fingerprint, holder)
     except Exception as exc:  # the claim expires by itself: it is no longer renewed
         log.warning("could not end the claim on %s: %s", fingerprint[:12], exc)
@@ -486,6 +504,7 @@ def replayed(stored: StoredCall, stage: Stage) -> CallRecord:
 __all__ = [
     "CLAIMS",
     "FINGERPRINT_VERSION",
+    "PREFETCHED",
     "CallRecord",
     "answered",
     "cached_call",

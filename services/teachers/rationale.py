@@ -22,7 +22,7 @@ before each stage's call: a reason it returns ends the chain with a `CallFailure
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,11 +30,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from db.queries.teachers import StoredCall, find_replayable_calls
 from services.kpdd.parsing import assemble_key_points, parse_response, parse_stage
 from services.kpdd.prompts import prompt_set_version, render_prompt
 from services.kpdd.records import KeyPoints, Mode, ParseFailure, Solution, Stage, StageMode
 from services.teachers.base import TeacherClient, TeacherRequest
-from services.teachers.calls import CallRecord, cached_call
+from services.teachers.calls import CallRecord, cached_call, fingerprint_of
 from services.teachers.pricing import usd_text
 
 # Asked before each call; returns why no call may be made now, or None (see the module doc).
@@ -170,6 +171,25 @@ def produce_rationale(engine: Engine, client: TeacherClient, work: RationaleWork
     return outcome
 
 
+def first_request(work: RationaleWork) -> TeacherRequest:
+    """The request `produce_rationale` sends first for `work` (single: the only one; staged: the
+    core question)."""
+    stage: Stage | None = None if work.stage_mode == "single" else "core_question"
+    return TeacherRequest(render_prompt(work.question, work.mode, work.stage_mode, stage), work.sample_index)
+
+
+def prefetch_first_calls(
+    engine: Engine, asks: Sequence[tuple[TeacherClient, RationaleWork]]
+) -> dict[str, StoredCall | None]:
+    """The cache's answers to the first requests of these rationales, in one query: a mapping for
+    `services.teachers.calls.PREFETCHED`, set in the threads that then produce them (a staged
+    rationale's later stages, which depend on the earlier answers, look themselves up)."""
+    fingerprints = {fingerprint_of(client, first_request(work)) for client, work in asks}
+    with engine.connect() as conn:
+        found = find_replayable_calls(conn, sorted(fingerprints))
+    return {fingerprint: found.get(fingerprint) for fingerprint in fingerprints}
+
+
 def _pending() -> ParseFailure:
     return ParseFailure("empty", "not run")
 
@@ -235,4 +255,13 @@ def _failed(outcome: RationaleOutcome, got: Any, stage: Stage, wanted: str) -> R
     return outcome
 
 
-__all__ = ["CALL_GUARD", "STOPPED", "CallFailure", "RationaleOutcome", "RationaleWork", "produce_rationale"]
+__all__ = [
+    "CALL_GUARD",
+    "STOPPED",
+    "CallFailure",
+    "RationaleOutcome",
+    "RationaleWork",
+    "first_request",
+    "prefetch_first_calls",
+    "produce_rationale",
+]
