@@ -12,10 +12,10 @@ import logging
 import random
 import threading
 
-from services.config import get_settings
 from services.generation.batches import BatchPoller
 from services.generation.dispatch import CeleryDispatcher
 from services.generation.execute import Generator
+from workers.reconciler import first_pool_process_broker
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,10 @@ _running: PollerThread | None = None
 def start_in_pool_process(generator: Generator) -> PollerThread | None:
     """Start the poller in this pool process if it is the pool's first (index 0)."""
     global _running
-    from billiard.process import current_process
-
-    settings = get_settings()
-    if not settings.broker_url or getattr(current_process(), "index", 0) != 0:
+    broker = first_pool_process_broker()
+    if broker is None:
         return None
-    _running = PollerThread(generator, settings.broker_url)
+    _running = PollerThread(generator, broker)
     _running.start()
     return _running
 

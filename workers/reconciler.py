@@ -203,17 +203,25 @@ class Reconciler(threading.Thread):
 _running: Reconciler | None = None
 
 
+def first_pool_process_broker() -> str | None:
+    """The broker URL when this is the first process (index 0) of a worker's pool and a broker
+    is set: where the deployment-wide daemon threads (this reconciler, the batch poller) run."""
+    from billiard.process import current_process
+
+    broker = get_settings().broker_url
+    if not broker or getattr(current_process(), "index", 0) != 0:
+        return None
+    return broker
+
+
 def start_in_pool_process(engine: Engine) -> Reconciler | None:
     """Start the reconciler in this pool process if it is the pool's first (index 0)."""
     global _running
-    from billiard.process import current_process
-
-    settings = get_settings()
-    if not settings.broker_url or getattr(current_process(), "index", 0) != 0:
+    broker = first_pool_process_broker()
+    if broker is None:
         return None
-    _running = Reconciler(
-        engine, settings.broker_url, settings.reconcile_interval_s, settings.visibility_timeout_s
-    )
+    settings = get_settings()
+    _running = Reconciler(engine, broker, settings.reconcile_interval_s, settings.visibility_timeout_s)
     _running.start()
     return _running
 
