@@ -215,6 +215,20 @@ def test_price_lookup_takes_the_longest_matching_pattern() -> None:
     assert ModelPrice("k", Decimal("0.15"), Decimal("0.6")).cost(1_000_000, 1_000_000) == Decimal("0.75")
 
 
+def test_batch_prices_are_half_unless_the_table_gives_them(tmp_path: Path) -> None:
+    price = ModelPrice("k", Decimal("0.15"), Decimal("0.6"))
+    assert price.cost(1_000_000, 1_000_000, batch=True) == Decimal("0.375")  # half of 0.75
+    table = tmp_path / "prices.json"
+    entry = '{"input": 1, "output": 2, "batch_input": 0.4, "batch_output": 1.6}'
+    table.write_text('{"models": {"openai:x": ' + entry + "}}")
+    given = load_prices(table).price_of("openai", "x")
+    assert given is not None and given.cost(1_000_000, 1_000_000, batch=True) == Decimal("2.0")
+    assert given.cost(1_000_000, 1_000_000) == Decimal("3")
+    table.write_text('{"models": {"openai:x": {"input": 1, "output": 2, "batch_input": -1}}}')
+    with pytest.raises(ConfigError, match="negative"):
+        load_prices(table)
+
+
 def test_a_bad_price_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "prices.json"
     bad.write_text('{"models": {"gpt-4o": {"input": 1, "output": 2}}}')
