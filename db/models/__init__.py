@@ -5,7 +5,6 @@ Each entity family lives in its own module; add new ones here so Alembic sees th
 
 from db.models.base import Base
 from db.models.batches import (
-    BATCH_LIVE_STATES,
     REQUEST_OPEN_STATES,
     BatchRequest,
     ProviderBatch,
@@ -33,7 +32,6 @@ from db.models.training import (
 )
 
 __all__ = [
-    "BATCH_LIVE_STATES",
     "CALL_STATUSES",
     "EVAL_STATES",
     "GOLD_KINDS",

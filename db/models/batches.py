@@ -39,9 +39,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.models.base import Base, BigIntPK, TimestampMixin
 
-BATCH_STATES = ("submitting", "in_progress", "ended", "cancelled", "failed")
-BATCH_LIVE_STATES = ("submitting", "in_progress")
-REQUEST_STATES = ("queued", "submitting", "submitted", "done", "failed")
 REQUEST_OPEN_STATES = ("queued", "submitting", "submitted")
 
 
@@ -109,10 +106,7 @@ class BatchRequest(TimestampMixin, Base):
 
 
 __all__ = [
-    "BATCH_LIVE_STATES",
-    "BATCH_STATES",
     "REQUEST_OPEN_STATES",
-    "REQUEST_STATES",
     "BatchRequest",
     "ProviderBatch",
 ]

@@ -32,7 +32,7 @@ from db.nul import escape_nul_json
 from db.queries.batches import queue_request
 from db.queries.teachers import find_replayable_call
 from services.teachers.base import TeacherClient, TeacherRequest
-from services.teachers.tokens import output_history, prompt_tokens
+from services.teachers.tokens import expected_cost
 
 if TYPE_CHECKING:
     from services.teachers.calls import CallRecord
@@ -66,18 +66,6 @@ def request_body(client: TeacherClient, request: TeacherRequest) -> dict[str, An
     return body
 
 
-def batch_estimate(engine: Engine, client: TeacherClient, request: TeacherRequest) -> Decimal | None:
-    """What the request may cost at batch prices (its prompt, and the output the ledger's history
-    of this teacher and prompt expects); None without a price."""
-    if client.price is None:
-        return None
-    prompt = request.prompt
-    tokens_out = output_history().expected(
-        engine, client.provider, client.spec.model, prompt.version, client.spec.options.max_tokens
-    )
-    return client.price.cost(prompt_tokens(prompt), tokens_out, batch=True)
-
-
 def defer_to_batch(
     engine: Engine,
     client: TeacherClient,
@@ -99,7 +87,7 @@ def defer_to_batch(
         "fingerprint": fingerprint,
         "body": escape_nul_json(request_body(client, request)),
         "intent": intent,
-        "estimate_usd": batch_estimate(engine, client, request),
+        "estimate_usd": expected_cost(engine, client, request.prompt, batch=True),
     }
     with engine.begin() as conn:  # a plain connection: this runs for every request of a batch job
         state = queue_request(conn, values)
@@ -136,7 +124,6 @@ __all__ = [
     "BATCH_BUDGET",
     "BATCH_SCOPE",
     "BatchScope",
-    "batch_estimate",
     "batched",
     "defer_to_batch",
     "request_body",

@@ -70,7 +70,7 @@ from services.leases import LeaseKeeper, holder_id, lease_ttl_s, process_prefix
 from services.teachers.base import CallResult, TeacherClient, TeacherRequest, TeacherResponse
 from services.teachers.batching import batched, defer_to_batch
 from services.teachers.pricing import usd_text
-from services.teachers.tokens import output_history, prompt_tokens
+from services.teachers.tokens import expected_cost
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def cached_call(
             intent = _intent(client, request, fingerprint, problem_id)
             if batched(client):  # a batch teacher inside a chunk: queued for a provider batch
                 return defer_to_batch(engine, client, request, fingerprint, asdict(intent), problem_id)
-            estimate = _estimated_cost(engine, client, request)
+            estimate = expected_cost(engine, client, request.prompt)
             with autocommit(engine).connect() as conn:  # one statement
                 taken = claim_call(
                     conn,
@@ -283,18 +283,6 @@ def _settle(
         error_message=result.error.message if result.error else None,
         retryable=result.error.retryable if result.error else False,
     )
-
-
-def _estimated_cost(engine: Engine, client: TeacherClient, request: TeacherRequest) -> Decimal | None:
-    """What the call may cost (None without a price): its prompt, and the output the ledger's
-    history of this teacher and prompt expects (`services.teachers.tokens`)."""
-    if client.price is None:
-        return None
-    prompt = request.prompt
-    tokens_out = output_history().expected(
-        engine, client.provider, client.spec.model, prompt.version, client.spec.options.max_tokens
-    )
-    return client.price.cost(prompt_tokens(prompt), tokens_out)
 
 
 # Fingerprints this process's threads are asking now (claiming, calling or settling), counted.

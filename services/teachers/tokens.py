@@ -27,11 +27,16 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from db.queries.teachers import recent_output_tokens
 from services.kpdd.prompts import RenderedPrompt
+
+if TYPE_CHECKING:
+    from services.teachers.base import TeacherClient
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -118,6 +123,20 @@ class OutputHistory:
 _HISTORY = OutputHistory()
 
 
+def expected_cost(
+    engine: Engine, client: TeacherClient, prompt: RenderedPrompt, *, batch: bool = False
+) -> Decimal | None:
+    """What one call of `client` with `prompt` may cost (None without a price): its prompt, and
+    the output the ledger's history of this teacher and prompt expects; `batch`: at the
+    provider's batch price."""
+    if client.price is None:
+        return None
+    tokens_out = output_history().expected(
+        engine, client.provider, client.spec.model, prompt.version, client.spec.options.max_tokens
+    )
+    return client.price.cost(prompt_tokens(prompt), tokens_out, batch=batch)
+
+
 def output_history() -> OutputHistory:
     """This process's `OutputHistory`."""
     return _HISTORY
@@ -128,6 +147,7 @@ __all__ = [
     "MIN_HISTORY",
     "PERCENTILE",
     "OutputHistory",
+    "expected_cost",
     "output_history",
     "percentile",
     "prompt_tokens",
